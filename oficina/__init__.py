@@ -1,3 +1,27 @@
-"""oficina: a local workbench for the whole life of an LLM's weights and parameters."""
+"""oficina: a local workbench for the whole life of an LLM's weights and parameters.
+
+    import oficina
+    m = oficina.load("smollm2")
+    m.generate("Why is the sky blue?", temperature=0)
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["load", "Options", "Registry", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy, so `import oficina` (and the CLI's --help) does not pay for torch and transformers.
+    if name == "load":
+        from .api import load
+
+        return load
+    if name == "Options":
+        from .options import Options
+
+        return Options
+    if name == "Registry":
+        from .registry.registry import Registry
+
+        return Registry
+    raise AttributeError(f"module 'oficina' has no attribute {name!r}")

@@ -1,0 +1,235 @@
+"""The local registry: names -> versions -> manifests -> blobs.
+
+Layout of ``$OFICINA_HOME`` (default ``~/.oficina``)::
+
+    blobs/sha256-<hex>        content-addressed files (weights, tokenizers, manifests)
+    registry.db               SQLite: every version of every name, its parent and producer
+    snapshots/<hex>/          a model folder materialised from a manifest (links to blobs)
+
+A version is written in this order: blobs, then the manifest blob, then one SQLite transaction.
+A crash before the commit leaves only unreferenced blobs (collected later), never a name that
+points at something missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelNotFound, RegistryError
+from .manifest import Manifest
+from .names import Ref, parse_ref
+from .store import BlobStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    name      TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    manifest  TEXT NOT NULL,
+    parent    TEXT,
+    created   REAL NOT NULL,
+    producer  TEXT NOT NULL DEFAULT '{}',
+    metrics   TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS heads (
+    name     TEXT PRIMARY KEY,
+    version  INTEGER NOT NULL
+);
+"""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("OFICINA_HOME") or Path.home() / ".oficina").expanduser()
+
+
+@dataclass
+class Entry:
+    """One version of one name."""
+
+    name: str
+    version: int
+    digest: str  # the manifest's digest
+    manifest: Manifest
+    parent: str | None
+    created: float
+    producer: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Registry:
+    def __init__(self, home: Path | str | None = None):
+        self.home = Path(home) if home else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.home)
+        self._db = sqlite3.connect(self.home / "registry.db", timeout=30, isolation_level=None)
+        self._db.executescript(SCHEMA)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _entry(self, row: tuple) -> Entry:
+        name, version, digest, parent, created, producer, metrics = row
+        manifest = Manifest.from_json(self.blobs.read_bytes(digest))
+        return Entry(name, version, digest, manifest, parent, created,
+                     json.loads(producer), json.loads(metrics))
+
+    def _rows(self, sql: str, *args: Any) -> list[tuple]:
+        return self._db.execute(sql, args).fetchall()
+
+    def find(self, ref: str | Ref) -> Entry | None:
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        version = ref.version
+        if version is None:
+            row = self._rows("SELECT version FROM heads WHERE name=?", ref.name)
+            if not row:
+                return None
+            version = row[0][0]
+        rows = self._rows("SELECT name, version, manifest, parent, created, producer, metrics "
+                          "FROM versions WHERE name=? AND version=?", ref.name, version)
+        return self._entry(rows[0]) if rows else None
+
+    def get(self, ref: str | Ref) -> Entry:
+        entry = self.find(ref)
+        if entry is None:
+            raise ModelNotFound(f"model {str(ref)!r} not found; `oficina list` shows what is here, "
+                                f"`oficina pull NAME` fetches one")
+        return entry
+
+    def list(self) -> list[Entry]:
+        rows = self._rows("SELECT v.name, v.version, v.manifest, v.parent, v.created, v.producer, "
+                          "v.metrics FROM heads h JOIN versions v ON v.name=h.name AND "
+                          "v.version=h.version ORDER BY v.name")
+        return [self._entry(r) for r in rows]
+
+    def history(self, name: str) -> tuple[list[Entry], int]:
+        """All versions of a name (oldest first) and the current one."""
+        ref = parse_ref(name)
+        head = self._rows("SELECT version FROM heads WHERE name=?", ref.name)
+        if not head:
+            raise ModelNotFound(f"model {name!r} not found")
+        rows = self._rows("SELECT name, version, manifest, parent, created, producer, metrics "
+                          "FROM versions WHERE name=? ORDER BY version", ref.name)
+        return [self._entry(r) for r in rows], head[0][0]
+
+    # -- writing ------------------------------------------------------------------------------
+    def add(self, name: str, manifest: Manifest, parent: str | None = None,
+            producer: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Entry:
+        """Register ``manifest`` (whose blobs must already be stored) as a new version of name."""
+        ref = parse_ref(name)
+        if ref.version is not None:
+            raise RegistryError("cannot create a specific version; give the name without @N")
+        missing = [d for d in manifest.digests() if not self.blobs.has(d)]
+        if missing:
+            raise RegistryError(f"manifest references missing blobs: {', '.join(missing)}")
+        digest = self.blobs.put_bytes(manifest.to_json())
+        with self._tx():
+            (last,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE name=?",
+                                       (ref.name,)).fetchone()
+            version = last + 1
+            self._db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
+                             (ref.name, version, digest, parent, time.time(),
+                              json.dumps(producer or {}), json.dumps(metrics or {})))
+            self._db.execute("INSERT OR REPLACE INTO heads VALUES (?,?)", (ref.name, version))
+        return self.get(Ref(ref.name, version))
+
+    def set_metrics(self, entry: Entry, metrics: dict[str, Any]) -> None:
+        merged = {**entry.metrics, **metrics}
+        with self._tx():
+            self._db.execute("UPDATE versions SET metrics=? WHERE name=? AND version=?",
+                             (json.dumps(merged), entry.name, entry.version))
+
+    def copy(self, src: str, dst: str) -> Entry:
+        s = self.get(src)
+        return self.add(dst, s.manifest, parent=s.ref, producer={"op": "cp", "from": s.ref})
+
+    def rollback(self, name: str, to: int | None = None) -> Entry:
+        versions, head = self.history(name)
+        numbers = [e.version for e in versions]
+        target = to if to is not None else max((v for v in numbers if v < head), default=None)
+        if target is None:
+            raise RegistryError(f"{versions[0].name} is at its first version; nothing to roll back to")
+        if target not in numbers:
+            raise RegistryError(f"{versions[0].name} has no version {target}; versions: "
+                                f"{', '.join(map(str, numbers))}")
+        with self._tx():
+            self._db.execute("UPDATE heads SET version=? WHERE name=?", (target, versions[0].name))
+        return self.get(Ref(versions[0].name, target))
+
+    def remove(self, name: str) -> int:
+        """Delete a name with all its versions; return the bytes freed by unreferenced blobs."""
+        ref = parse_ref(name)
+        if not self._rows("SELECT 1 FROM heads WHERE name=?", ref.name):
+            raise ModelNotFound(f"model {name!r} not found")
+        with self._tx():
+            self._db.execute("DELETE FROM versions WHERE name=?", (ref.name,))
+            self._db.execute("DELETE FROM heads WHERE name=?", (ref.name,))
+        return self.gc()
+
+    def gc(self) -> int:
+        referenced: set[str] = set()
+        for (digest,) in self._rows("SELECT DISTINCT manifest FROM versions"):
+            referenced.add(digest)
+            referenced |= Manifest.from_json(self.blobs.read_bytes(digest)).digests()
+        freed = self.blobs.remove_unreferenced(referenced)
+        snaps = self.home / "snapshots"
+        if snaps.is_dir():
+            for d in snaps.iterdir():
+                if "sha256:" + d.name not in referenced:
+                    shutil.rmtree(d, ignore_errors=True)
+        return freed
+
+    def _tx(self):
+        return _Transaction(self._db)
+
+    # -- materialising ------------------------------------------------------------------------
+    def snapshot(self, entry: Entry) -> Path:
+        return self.snapshot_for(entry.manifest)
+
+    def snapshot_for(self, manifest: Manifest) -> Path:
+        """A folder with the model's files under their names (symlinks into blobs), which
+        libraries that want a directory (transformers) can open. Built atomically."""
+        root = self.home / "snapshots"
+        final = root / hashlib.sha256(manifest.to_json()).hexdigest()
+        if final.is_dir():
+            return final
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        try:
+            for f in manifest.files:
+                dest = tmp / f.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(self.blobs.path(f.digest), dest)
+            for f in manifest.adapters:
+                dest = tmp / "adapters" / f.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(self.blobs.path(f.digest), dest)
+            os.replace(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not final.is_dir():
+                raise
+        return final
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

@@ -1,0 +1,77 @@
+"""The one way library code talks to a person: progress bars, warnings and notes on stderr.
+
+Nothing below ``cli.py`` prints; it calls ``reporter()``. Tests and servers can install a quiet
+reporter or one that records messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
+                           TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+
+
+class Task:
+    def __init__(self, progress: Progress | None, task_id: int | None):
+        self._p, self._id = progress, task_id
+
+    def advance(self, n: float = 1) -> None:
+        if self._p is not None:
+            self._p.advance(self._id, n)
+
+    def update(self, **kw) -> None:
+        if self._p is not None:
+            self._p.update(self._id, **kw)
+
+
+class Reporter:
+    def __init__(self, console: Console | None = None, quiet: bool = False):
+        self.console = console or Console(stderr=True, highlight=False)
+        self.quiet = quiet
+        self.messages: list[tuple[str, str]] = []
+
+    def warn(self, message: str) -> None:
+        self.messages.append(("warning", message))
+        if not self.quiet:
+            self.console.print(f"[yellow]warning:[/] {message}", markup=True)
+
+    def note(self, message: str) -> None:
+        self.messages.append(("note", message))
+        if not self.quiet:
+            self.console.print(message, markup=False)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: float | None, unit: str = "items") -> Iterator[Task]:
+        """A progress bar; ``unit="bytes"`` shows sizes and speed. Invisible when not a TTY."""
+        if self.quiet or not self.console.is_terminal:
+            yield Task(None, None)
+            return
+        columns = [TextColumn("{task.description}"), BarColumn()]
+        if unit == "bytes":
+            columns += [DownloadColumn(), TransferSpeedColumn()]
+        else:
+            columns += [MofNCompleteColumn()]
+        columns.append(TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=True) as p:
+            yield Task(p, p.add_task(description, total=total))
+
+
+_current = Reporter()
+
+
+def reporter() -> Reporter:
+    return _current
+
+
+def set_reporter(r: Reporter) -> Reporter:
+    global _current
+    previous, _current = _current, r
+    return previous
+
+
+def is_interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
