@@ -1,0 +1,199 @@
+"""Registry commands: pull, list, show, create, cp, rm, history, rollback."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .common import console, count, human, registry, short
+
+
+def pull(args) -> None:
+    from ..registry.sources import pull as do_pull
+
+    entry = do_pull(registry(), args.source, args.name)
+    print(f"{short(entry.name)} version {entry.version} ({entry.digest[7:19]}) {human(entry.manifest.size)}")
+
+
+def list_(args) -> None:
+    from rich.table import Table
+
+    entries = registry().list()
+    if args.json:
+        print(json.dumps([{"name": e.name, "version": e.version, "digest": e.digest,
+                           "size": e.manifest.size, **e.manifest.details} for e in entries], indent=2))
+        return
+    t = Table(box=None, pad_edge=False)
+    for col in ("NAME", "VERSION", "ID", "SIZE", "PARAMS", "QUANT", "MODIFIED"):
+        t.add_column(col)
+    for e in entries:
+        d = e.manifest.details
+        t.add_row(e.name, str(e.version), e.digest[7:19], human(e.manifest.size),
+                  count(d.get("parameters")), str(d.get("quantization", "-")),
+                  time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)))
+    console().print(t)
+
+
+def cp(args) -> None:
+    e = registry().copy(args.source, args.destination)
+    print(f"copied {args.source} to {short(e.name)} (version {e.version})")
+
+
+def rm(args) -> None:
+    reg = registry()
+    for name in args.names:
+        freed = reg.remove(name)
+        print(f"deleted {name} ({human(freed)} freed)")
+
+
+def history(args) -> None:
+    from rich.table import Table
+
+    versions, head = registry().history(args.name)
+    if args.json:
+        print(json.dumps([{"version": e.version, "current": e.version == head, "digest": e.digest,
+                           "parent": e.parent, "created": e.created, "producer": e.producer,
+                           "metrics": e.metrics} for e in versions], indent=2))
+        return
+    t = Table(box=None, pad_edge=False)
+    for col in ("", "VERSION", "ID", "PARENT", "MADE BY", "CREATED", "METRICS"):
+        t.add_column(col)
+    for e in versions:
+        made = e.producer.get("op", "?")
+        if e.producer.get("source"):
+            made += f" {e.producer['source']}"
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in e.metrics.items())
+        t.add_row("*" if e.version == head else "", str(e.version), e.digest[7:19], e.parent or "-",
+                  made, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created)), metrics or "-")
+    console().print(t)
+
+
+def rollback(args) -> None:
+    e = registry().rollback(args.name, args.to)
+    print(f"{short(e.name)} now points at version {e.version} ({e.digest[7:19]})")
+
+
+def create(args) -> None:
+    from ..create import create as do_create
+
+    e = do_create(registry(), args.name, Path(args.file))
+    print(f"created {short(e.name)} version {e.version} ({e.digest[7:19]})")
+
+
+def show(args) -> None:
+    from ..api import resolve
+    from ..create import to_modelfile
+    from ..models.info import describe
+    from ..options import Options
+
+    reg = registry()
+    entry = resolve(args.name, reg)
+    m = entry.manifest
+    if args.modelfile:
+        print(to_modelfile(entry, reg), end="")
+        return
+    if args.parameters:
+        for k, v in Options.from_mapping(m.params).to_pairs():
+            print(f"{k:<20} {json.dumps(v) if k == 'stop' else v}")
+        return
+    if args.template or args.system or args.license:
+        text = m.template if args.template else m.system if args.system else "\n".join(m.license)
+        print(text or "", end="\n" if text else "")
+        return
+    info = describe(reg.snapshot(entry), m.format)
+    params = Options.from_mapping(m.params).to_dict()
+    if args.json:
+        d = info.to_dict(tensors=args.verbose)
+        d.update(name=entry.name, version=entry.version, digest=entry.digest, options=params,
+                 model_options=m.params, license=m.license or ([info.license] if info.license else []),
+                 template=m.template, system=m.system, adapters=[a.path for a in m.adapters])
+        print(json.dumps(d, indent=2))
+        return
+    _print_info(entry, info, params)
+
+
+def _print_info(entry, info, params) -> None:
+    from rich.table import Table
+
+    c = console()
+    t = Table(box=None, pad_edge=False, show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    rows = [
+        ("model", f"{entry.name} (version {entry.version}, {entry.digest[7:19]})"),
+        ("architecture", info.architecture), ("family", info.family), ("kind", info.kind),
+        ("parameters", f"{count(info.parameters)} ({info.parameters:,})"),
+        ("layers", info.layers), ("attention heads", info.heads), ("key/value heads", info.kv_heads),
+        ("head dimension", info.head_dim), ("context length", info.context_length),
+        ("embedding length", info.embedding_length), ("feed-forward length", info.feed_forward_length),
+        ("vocabulary size", info.vocab_size),
+        ("quantization", f"{info.file_type}, {info.bits_per_weight:.2f} bits per weight"),
+        ("file size", human(info.file_size)), ("format", info.format),
+        ("chat template", "yes" if info.chat_template or entry.manifest.template else "no"),
+        ("license", "; ".join(entry.manifest.license) or info.license or "-"),
+    ]
+    for k, v in rows:
+        t.add_row(k, "-" if v is None else str(v))
+    c.print(t)
+    c.print("\n[bold]tensor types by component[/]")
+    q = Table(box=None, pad_edge=False, show_header=False)
+    for comp, types in info.quantization.items():
+        q.add_row(f"  {comp}", ", ".join(f"{k} x{n}" for k, n in types.items()))
+    c.print(q)
+    c.print("\n[bold]parameters[/] (* = set by this model)")
+    p = Table(box=None, pad_edge=False, show_header=False)
+    for k, v in params.items():
+        p.add_row(f"  {k}", json.dumps(v) if isinstance(v, list) else str(v),
+                  "*" if k in entry.manifest.params else "")
+    c.print(p)
+    if entry.manifest.system:
+        c.print("\n[bold]system[/]")
+        c.print(f"  {entry.manifest.system}", markup=False)
+
+
+def register(sub) -> None:
+    s = sub.add_parser("pull", help="fetch a model into the registry (catalogue name, .gguf, HF folder, hf://id)")
+    s.add_argument("source")
+    s.add_argument("--name", help="register under this name (default: derived from the source)")
+    s.set_defaults(func=pull)
+
+    s = sub.add_parser("list", aliases=["ls"], help="models in the registry")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=list_)
+
+    s = sub.add_parser("show", help="what a model is: architecture, sizes, quantization, parameters")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--verbose", "-v", action="store_true", help="with --json: every tensor")
+    s.add_argument("--modelfile", action="store_true", help="a Modelfile that re-creates the model")
+    s.add_argument("--parameters", action="store_true")
+    s.add_argument("--template", action="store_true")
+    s.add_argument("--system", action="store_true")
+    s.add_argument("--license", action="store_true")
+    s.set_defaults(func=show)
+
+    s = sub.add_parser("create", help="create a model from a Modelfile")
+    s.add_argument("name")
+    s.add_argument("-f", "--file", default="Modelfile")
+    s.set_defaults(func=create)
+
+    s = sub.add_parser("cp", help="copy a model to a new name")
+    s.add_argument("source")
+    s.add_argument("destination")
+    s.set_defaults(func=cp)
+
+    s = sub.add_parser("rm", help="remove models")
+    s.add_argument("names", nargs="+")
+    s.set_defaults(func=rm)
+
+    s = sub.add_parser("history", help="versions of a model, their parents and what made them")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=history)
+
+    s = sub.add_parser("rollback", help="point a name back at an earlier version")
+    s.add_argument("name")
+    s.add_argument("--to", type=int, help="version number (default: the one before the current)")
+    s.set_defaults(func=rollback)

@@ -1,0 +1,119 @@
+"""Running models: one prompt streamed, or an interactive chat."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import OficinaError
+from .common import option_flags, options_from
+
+
+def run(args) -> int | None:
+    from ..api import load
+
+    opts = options_from(args)
+    prompt = args.prompt
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    model = load(args.name, **opts)
+    if prompt is None:
+        return _chat_loop(model, args)
+    out = sys.stdout
+    for piece in model.stream(prompt, raw=args.raw, system=args.system):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    if args.verbose:
+        _print_stats(model.last_stats)
+    return None
+
+
+def _print_stats(s) -> None:
+    if s is None:
+        return
+    err = sys.stderr
+    rate = lambda n, t: f"{n / t:.2f} tokens/s" if t > 0 else "-"
+    print(f"prompt eval count:    {s.prompt_tokens} token(s)", file=err)
+    print(f"prompt eval duration: {s.prompt_seconds:.3f}s", file=err)
+    print(f"prompt eval rate:     {rate(s.prompt_tokens, s.prompt_seconds)}", file=err)
+    print(f"eval count:           {s.eval_tokens} token(s)", file=err)
+    print(f"eval duration:        {s.eval_seconds:.3f}s", file=err)
+    print(f"eval rate:            {rate(s.eval_tokens, s.eval_seconds)}", file=err)
+    print(f"done reason:          {s.done_reason}", file=err)
+
+
+CHAT_HELP = """commands:
+  /set parameter NAME VALUE   change a parameter (e.g. /set parameter temperature 0.2)
+  /set system TEXT            set the system message
+  /show parameters            the parameters in use
+  /clear                      forget the conversation
+  /bye                        leave (Ctrl-D too)"""
+
+
+def _chat_loop(model, args) -> int:
+    from ..options import Options
+
+    history: list[dict[str, str]] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    print(f"chatting with {args.name}; /? for help, /bye to leave", file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            parts = text.split(maxsplit=3)
+            try:
+                if parts[0] in ("/bye", "/exit"):
+                    return 0
+                if parts[0] == "/clear":
+                    history = [m for m in history if m["role"] == "system"]
+                    print("conversation cleared")
+                elif parts[:2] == ["/set", "parameter"] and len(parts) == 4:
+                    model.options = Options.from_pairs([(parts[2], parts[3])], base=model.options)
+                    print(f"set {parts[2]} to {parts[3]}")
+                elif parts[:2] == ["/set", "system"] and len(parts) >= 3:
+                    value = text.split(maxsplit=2)[2]
+                    history = [m for m in history if m["role"] != "system"]
+                    history.insert(0, {"role": "system", "content": value})
+                    print("system message set")
+                elif parts[:2] == ["/show", "parameters"]:
+                    for k, v in model.options.to_dict().items():
+                        print(f"{k:<20} {v}")
+                else:
+                    print(CHAT_HELP)
+            except OficinaError as e:
+                print(f"error: {e}", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": text})
+        reply = []
+        try:
+            for piece in model.chat_stream(history):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        print("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+        if args.verbose:
+            _print_stats(model.last_stats)
+
+
+def register(sub) -> None:
+    s = sub.add_parser("run", help="generate from a prompt, or chat when no prompt is given")
+    s.add_argument("name")
+    s.add_argument("prompt", nargs="?")
+    s.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    s.add_argument("--system", help="system message")
+    s.add_argument("--verbose", action="store_true", help="print timings after the answer")
+    option_flags(s)
+    s.set_defaults(func=run)
