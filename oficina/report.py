@@ -37,12 +37,12 @@ class Reporter:
     def warn(self, message: str) -> None:
         self.messages.append(("warning", message))
         if not self.quiet:
-            self.console.print(f"[yellow]warning:[/] {message}", markup=True)
+            self.console.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
 
     def note(self, message: str) -> None:
         self.messages.append(("note", message))
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(message, markup=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: float | None, unit: str = "items") -> Iterator[Task]:

@@ -10,6 +10,7 @@ rendered wrongly.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Sequence
 
@@ -63,26 +64,41 @@ def _expr(tokens: list[str], ctx: str) -> str:
 
 
 def go_to_jinja(template: str) -> str:
-    """Translate an Ollama (Go text/template) TEMPLATE into an equivalent Jinja template."""
-    out, stack, pos, ctx = [], [], 0, ["top"]
-    for m in _ACTION.finditer(template):
-        out.append(template[pos:m.start()].replace("{#", "{{ '{#' }}"))
+    """Translate an Ollama (Go text/template) TEMPLATE into an equivalent Jinja template.
+
+    Go keeps all text verbatim except where ``{{-`` / ``-}}`` trim spaces; Jinja (as configured
+    by transformers: trim_blocks, lstrip_blocks, no trailing newline) does not. So the trimming is
+    done here and every piece of text becomes a Jinja string expression, which no Jinja whitespace
+    rule touches.
+    """
+    out, stack, ctx = [], [], ["top"]
+    actions = list(_ACTION.finditer(template))
+    pos = 0
+    for i, m in enumerate(actions + [None]):
+        text = template[pos: m.start() if m else len(template)]
+        if i > 0 and actions[i - 1].group(3):
+            text = text.lstrip()
+        if m is not None and m.group(1):
+            text = text.rstrip()
+        if text:
+            out.append("{{ " + json.dumps(text) + " }}")
+        if m is None:
+            break
         pos = m.end()
-        lt, body, rt = m.group(1), m.group(2), m.group(3)
+        body = m.group(2)
         tokens = re.findall(r'"(?:[^"\\]|\\.)*"|[^\s()]+', body)
         word = tokens[0] if tokens else ""
         if body.startswith("/*"):
             continue
         if word == "if":
             stack.append("if")
-            out.append(f"{{%{lt} if {_expr(tokens[1:], ctx[-1])} {rt}%}}")
+            out.append(f"{{% if {_expr(tokens[1:], ctx[-1])} %}}")
         elif word == "else" and tokens[1:2] == ["if"]:
-            out.append(f"{{%{lt} elif {_expr(tokens[2:], ctx[-1])} {rt}%}}")
+            out.append(f"{{% elif {_expr(tokens[2:], ctx[-1])} %}}")
         elif word == "else":
-            out.append(f"{{%{lt} else {rt}%}}")
+            out.append("{% else %}")
         elif word == "range":
-            rest = tokens[1:]
-            index = None
+            rest, index = tokens[1:], None
             if ":=" in rest:
                 names = [t.strip(",") for t in rest[: rest.index(":=")]]
                 rest = rest[rest.index(":=") + 1:]
@@ -92,22 +108,20 @@ def go_to_jinja(template: str) -> str:
                 raise FormatError("TEMPLATE: only `range .Messages` can be translated")
             stack.append("for")
             ctx.append("message")
-            loop = "{%" + lt + " for message in messages " + rt + "%}"
+            out.append("{% for message in messages %}")
             if index:
-                loop += f"{{% set {index} = loop.index0 %}}"
-            out.append(loop)
+                out.append(f"{{% set {index} = loop.index0 %}}")
         elif word == "end":
             if not stack:
                 raise FormatError("TEMPLATE: {{ end }} without an open if/range")
             kind = stack.pop()
             if kind == "for":
                 ctx.pop()
-            out.append(f"{{%{lt} end{kind} {rt}%}}")
+            out.append(f"{{% end{kind} %}}")
         else:
-            out.append(f"{{{{{lt} {_expr(tokens, ctx[-1])} {rt}}}}}")
+            out.append(f"{{{{ {_expr(tokens, ctx[-1])} }}}}")
     if stack:
         raise FormatError(f"TEMPLATE: {len(stack)} if/range block(s) not closed with {{{{ end }}}}")
-    out.append(template[pos:])
     return "".join(out)
 
 
