@@ -9,9 +9,12 @@ from ..options import PARAMS
 
 
 def console():
+    import sys
+
     from rich.console import Console
 
-    return Console(highlight=False)
+    # Piped output is read by people and scripts alike: don't squeeze tables to 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def registry():

@@ -23,6 +23,7 @@ def run(args) -> int | None:
         out.write(piece)
         out.flush()
     out.write("\n")
+    out.flush()
     if args.verbose:
         _print_stats(model.last_stats)
     return None

@@ -135,6 +135,7 @@ def _describe_gguf(path: Path) -> ModelInfo:
     tokens = h.get("tokenizer.ggml.tokens")
     vocab = key("vocab_size") or (len(tokens) if isinstance(tokens, list) else getattr(tokens, "length", None))
     quant, main = _type_summary(tensors)
+    main = _file_type_name(h.get("general.file_type")) or main
     kind = ("encoder-only" if arch in ENCODER_ONLY
             else "encoder-decoder" if arch in ENCODER_DECODER else "decoder-only")
     return ModelInfo(
@@ -148,6 +149,17 @@ def _describe_gguf(path: Path) -> ModelInfo:
         bits_per_weight=8 * n_bytes / max(n_params, 1), file_size=path.stat().st_size,
         chat_template=isinstance(h.get("tokenizer.chat_template"), str),
         license=h.get("general.license"), tensors=tensors)
+
+
+def _file_type_name(value) -> str | None:
+    """llama.cpp's overall label (general.file_type, enum LLAMA_FTYPE), e.g. "Q4_K_M": a mix
+    keeps embeddings and some layers at higher precision, so no single tensor type names it."""
+    from gguf.constants import LlamaFileType
+
+    try:
+        return LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
+    except (TypeError, ValueError):
+        return None
 
 
 def _first_int(v):

@@ -108,15 +108,17 @@ def _load_gguf_cached(gguf: Path, info: ModelInfo, dtype, cache: Path) -> Loaded
 def no_tqdm():
     """transformers shows tqdm bars of its own unconditionally (GGUF conversion, writing
     shards); ours are shown instead."""
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    # tqdm reads TQDM_DISABLE only at import, so the module's own name is swapped for the call.
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=True)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+        gguf_utils.tqdm = original
 
 
 def _quiet_transformers() -> None:
