@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import FormatError, OficinaError
+from .errors import OficinaError
 from .formats.template import render_chat
-from .generation.engine import Engine, Output, Stats
+from .generation.engine import Engine, Stats
 from .models.info import ModelInfo
 from .models.loader import Loaded, load_folder
 from .options import Options
