@@ -35,7 +35,7 @@ ENCODER_DECODER = {"t5", "mt5", "bart", "mbart", "marian", "pegasus", "umt5"}
 # Tensor-name patterns -> component, for both GGUF (llama.cpp names) and HF names.
 COMPONENTS: tuple[tuple[str, str], ...] = (
     (r"(token_embd|embed_tokens|embeddings?\.|wte|wpe|shared|position_embd|token_types)", "embeddings"),
-    (r"(norm|ln_)", "norms"),
+    (r"(norm|Norm|ln_)", "norms"),  # "Norm": BERT's LayerNorm
     (r"(attn|attention|self_attn|SelfAttention|EncDecAttention|\.q_proj|\.k_proj|\.v_proj|\.o_proj)", "attention"),
     (r"(ffn|mlp|intermediate|DenseReluDense|\.output\.dense|feed_forward)", "feed_forward"),
     (r"(^output\.|lm_head|cls\.|pooler|classifier|score)", "head"),
