@@ -48,6 +48,10 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
     reg = registry or Registry()
     entry = resolve(str(name), reg)
     loaded = load_folder(reg.snapshot(entry), entry.manifest.format, cache=reg.home / "cache")
+    if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)
+        from .tuning.attach import attach_loaded
+
+        loaded = attach_loaded(loaded, reg.snapshot(entry) / "adapters")
     base = Options.from_mapping(entry.manifest.params)
     return Model(loaded, entry, base.merged(options))
 

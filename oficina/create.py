@@ -62,7 +62,9 @@ def _adapter_files(reg: Registry, source: str, base_dir: Path, index: int) -> li
     return store_files(reg, files)
 
 
-def create(reg: Registry, name: str, modelfile: Path) -> Entry:
+def create(reg: Registry, name: str, modelfile: Path, quantize: str | None = None) -> Entry:
+    """Register the model ``modelfile`` describes; ``quantize`` (a GGUF type such as "q4_K_M")
+    stores its weights as one GGUF file of that type, as ``ollama create --quantize`` does."""
     mf = parse_file(modelfile)
     if not mf.from_:
         raise ModelfileError(1, "no FROM line")
@@ -86,9 +88,13 @@ def create(reg: Registry, name: str, modelfile: Path) -> Entry:
     if mf.adapters:
         manifest.adapters = [f for i, a in enumerate(mf.adapters)
                              for f in _adapter_files(reg, a, base_dir, i)]
-    text = Path(modelfile).read_text(errors="replace")
-    return reg.add(name, manifest, parent=parent,
-                   producer={"op": "create", "source": mf.from_, "modelfile": text})
+    producer = {"op": "create", "source": mf.from_, "modelfile": Path(modelfile).read_text(errors="replace")}
+    if quantize:
+        from .quant.convert import gguf_manifest
+
+        manifest = gguf_manifest(reg, manifest, quantize)
+        producer["quantize"] = quantize
+    return reg.add(name, manifest, parent=parent, producer=producer)
 
 
 def to_modelfile(entry: Entry, reg: Registry) -> str:

@@ -33,6 +33,8 @@ from oficina.formats import gguf_export as ge
 from oficina.formats.atomic import atomic_write
 from oficina.formats.gguf_export import ARCHS, export_gguf
 
+import gguf_models
+
 SAMPLE = "The quick brown fox jumps over the lazy dog. Größe 12345, naïve café 🦙 <|end|>"
 CHAT = "{% for m in messages %}<|begin|>{{ m['role'] }}\n{{ m['content'] }}<|end|>\n{% endfor %}"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there!"}]
@@ -124,14 +126,14 @@ def test_round_trip_through_transformers(make_llama, tokenizer, tmp_path, dtype,
     reader = gguf.GGUFReader(out)
     fields = {k: f.contents() for k, f in reader.fields.items()}
     assert fields["general.architecture"] == "llama"
-    assert fields["general.file_type"] == ge.DTYPES[dtype][1]
+    assert fields["general.file_type"] == ge.file_type(dtype).ftype
     assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
     assert fields["tokenizer.ggml.add_bos_token"] is True
     assert fields["tokenizer.ggml.tokens"][-1] == f"[PAD{len(tokenizer) + EXTRA_ROWS - 1}]"
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert ("output.weight" in types) is not tied
     assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
-    assert types["blk.1.ffn_down.weight"] == ge.DTYPES[dtype][0]
+    assert types["blk.1.ffn_down.weight"].name == ge.file_type(dtype).default
 
 
 @pytest.mark.parametrize("overrides", [
@@ -190,16 +192,18 @@ def test_unsupported_tokenizer_is_refused(make_llama, tmp_path):
 
 
 def test_tensor_types_follow_llama_cpp():
-    q = gguf.GGMLQuantizationType
-    assert ge._tensor_type((64,), q.Q8_0) == q.F32  # norms, biases
-    assert ge._tensor_type((64, 96), q.Q8_0) == q.Q8_0
-    assert ge._tensor_type((64, 48), q.Q8_0) == q.F16  # rows of 48 are not whole 32-blocks
-    assert ge._tensor_type((64, 48), q.BF16) == q.BF16
+    from oficina.quant import mixes
+
+    q8 = mixes.get("q8_0")
+    assert mixes.tensor_type(q8, "blk.0.attn_norm.weight", (64,)) == "F32"  # norms, biases
+    assert mixes.tensor_type(q8, "blk.0.ffn_up.weight", (64, 96)) == "Q8_0"
+    assert mixes.tensor_type(q8, "blk.0.ffn_up.weight", (64, 48)) == "F16"  # rows of 48 are not whole 32-blocks
+    assert mixes.tensor_type(mixes.get("bf16"), "blk.0.ffn_up.weight", (64, 48)) == "BF16"
 
 
 def test_unknown_dtype_is_refused(make_llama, tmp_path):
-    with pytest.raises(FormatError, match="q4_k"):
-        export_gguf(make_llama()[0], tmp_path / "out.gguf", dtype="q4_k")
+    with pytest.raises(FormatError, match="q4_z.*Q4_K_M"):
+        export_gguf(make_llama()[0], tmp_path / "out.gguf", dtype="q4_z")
 
 
 def test_failed_export_leaves_no_file(make_llama, tmp_path):
@@ -249,13 +253,16 @@ def test_hparam_table_agrees_with_transformers(spec):
     prefix = "{arch}."
     ours = {h.key.removeprefix(prefix): h.source for h in spec.hparams if isinstance(h.source, str)}
     assert {k: v for k, v in ours.items() if k in theirs} == {k: theirs[k] for k in ours if k in theirs}
-    assert set(theirs) - set(ours) <= {"rope.freq_base"}  # written, from a function of the config
+    read = {k for k, v in theirs.items() if v is not None}  # None: a key transformers ignores
+    assert read - set(ours) <= {"rope.freq_base"}  # written, from a function of the config
 
 
 def test_pre_tokenizer_regexes_agree_with_transformers():
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
-    for steps, name in ge._BPE_PRE.items():
+    from oficina.formats.gguf_tokenizer import BPE_PRE
+
+    for steps, name in BPE_PRE.items():
         if steps[0].startswith("Split "):
             assert GGUF_PRE_TOKENIZER_SPLITS[name] == steps[0].removeprefix("Split "), name
 
@@ -288,3 +295,53 @@ def test_llama3_rope_factors_match_transformers():
     inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     # llama.cpp divides each base frequency by its factor (ggml_rope_ext's freq_factors)
     np.testing.assert_allclose(base / factors, inv_freq.numpy(), rtol=1e-5)
+
+
+# -- every family in the table --------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", gguf_models.FAMILIES)
+def test_every_family_round_trips_through_transformers(family, tmp_path):
+    """Llama, Mistral (arch llama), Qwen2 (biases, no permutation) and Gemma 3 (1 + w norms,
+    SentencePiece vocabulary): same logits and token ids back from transformers' GGUF loader, and
+    the same weights back from ``load_gguf_weights``."""
+    import copy
+
+    from oficina.formats.gguf_export import load_gguf_weights
+
+    model, tok = gguf_models.build(family, tmp_path / "src")
+    out = tmp_path / "gguf" / "m.gguf"
+    out.parent.mkdir()
+    export_gguf(tmp_path / "src", out)
+    ids = tok(gguf_models.SAMPLE)["input_ids"]
+    back = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name).eval()
+    torch.testing.assert_close(gguf_models.logits(back, ids), gguf_models.logits(model, ids), atol=1e-4, rtol=0)
+    assert AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)(gguf_models.SAMPLE)["input_ids"] == ids
+    mine = load_gguf_weights(out, copy.deepcopy(model))
+    for (name, a), b in zip(model.state_dict().items(), mine.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    fields = {k: f.contents() for k, f in gguf.GGUFReader(out).fields.items()}
+    assert fields["general.architecture"] == ge.ARCHS[family].arch_name
+    assert fields["tokenizer.ggml.model"] == ("llama" if family == "gemma3_text" else "gpt2")
+
+
+def test_gemma_vocabulary_is_sentencepiece(tmp_path):
+    """Byte pieces are BYTE tokens, no space prefix (Gemma), and a token's score puts the merges
+    in tokenizer.json's order (llama.cpp merges the best-scoring pair first)."""
+    _, tok = gguf_models.build("gemma3_text", tmp_path / "src")
+    out = export_gguf(tmp_path / "src", tmp_path / "m.gguf")
+    fields = {k: f.contents() for k, f in gguf.GGUFReader(out).fields.items()}
+    tokens, types, scores = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"], fields["tokenizer.ggml.scores"]
+    assert types[tokens.index("<0x41>")] == gguf.TokenType.BYTE
+    assert types[tokens.index("<bos>")] == gguf.TokenType.CONTROL
+    assert types[tokens.index("<unk>")] == gguf.TokenType.UNKNOWN
+    assert fields["tokenizer.ggml.add_space_prefix"] is False
+    merges = json.loads((tmp_path / "src" / "tokenizer.json").read_text())["model"]["merges"]
+    made = ["".join(m) if isinstance(m, list) else m.replace(" ", "") for m in merges[:20]]
+    ranks = [scores[tokens.index(t)] for t in made]
+    assert ranks == sorted(ranks, reverse=True)
+
+
+def test_gemma3_layouts_llama_cpp_cannot_run_are_refused(tmp_path):
+    gguf_models.build("gemma3_text", tmp_path / "src", final_logit_softcapping=30.0)
+    with pytest.raises(FormatError, match="final_logit_softcapping"):
+        export_gguf(tmp_path / "src", tmp_path / "m.gguf")

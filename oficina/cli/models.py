@@ -78,7 +78,7 @@ def rollback(args) -> None:
 def create(args) -> None:
     from ..create import create as do_create
 
-    e = do_create(registry(), args.name, Path(args.file))
+    e = do_create(registry(), args.name, Path(args.file), quantize=args.quantize)
     print(f"created {short(e.name)} version {e.version} ({e.digest[7:19]})")
 
 
@@ -177,6 +177,8 @@ def register(sub) -> None:
     s = sub.add_parser("create", help="create a model from a Modelfile")
     s.add_argument("name")
     s.add_argument("-f", "--file", default="Modelfile")
+    s.add_argument("-q", "--quantize", metavar="TYPE",
+                   help="store the weights as one GGUF file of this type (e.g. q4_K_M, q8_0; see oficina export)")
     s.set_defaults(func=create)
 
     s = sub.add_parser("cp", help="copy a model to a new name")

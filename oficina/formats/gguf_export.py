@@ -1,19 +1,23 @@
-"""Hugging Face model folder -> one GGUF file, the job llama.cpp's convert_hf_to_gguf.py does.
+"""Hugging Face model folder -> one GGUF file, the job llama.cpp's convert_hf_to_gguf.py (and,
+for the K-quant mixes, llama-quantize) does; and the GGUF's weights back into that model.
 
-    export_gguf("SmolLM2-135M-Instruct/", "smollm2.gguf", dtype="q8_0")
+    export_gguf("SmolLM2-135M-Instruct/", "smollm2.gguf", dtype="Q4_K_M")
+    load_gguf_weights("smollm2.gguf", hf_model)     # the file's (dequantized) weights, in place
 
 What goes in, in the order a reader of the file meets it:
   metadata   general.*, then the model's hyperparameters under "{arch}." (one ``HParam`` table per
-             family), then the vocabulary under "tokenizer.*"
+             family), then the vocabulary under "tokenizer.*" (``gguf_tokenizer.py``)
   tensors    every safetensors tensor, renamed by the family's table (HF module path -> gguf-py
              ``MODEL_TENSOR``), fixed up where llama.cpp's layout differs from HF's (the Q/K row
-             permutation of Llama), and stored as ``dtype``
+             permutation of Llama, Gemma's 1 + w norms), and stored as the GGML type the file
+             type gives it (``oficina.quant.mixes``: "Q4_K_M" is mostly Q4_K with some Q6_K)
 
-A family is one ``ArchSpec`` row in ``ARCHS``, keyed by config.json's ``model_type``. Adding
-"mistral" (llama.cpp writes it as arch "llama", same tensors and permutation), "qwen2" (its own
-arch, NEOX rope so no permutation, q/k/v biases) or "gemma3_text" (arch "gemma3", norms stored
-as 1 + w, extra norms) is a new row plus whatever ``fixes`` it needs; nothing below the table
-changes. The file is written atomically and streamed: one tensor in memory at a time.
+A family is one ``ArchSpec`` row in ``ARCHS``, keyed by config.json's ``model_type``: "llama"
+(and SmolLM), "mistral" (llama.cpp's arch "llama": same tensors and permutation), "qwen2" (its
+own arch; NEOX RoPE, so no permutation; q/k/v biases) and "gemma3_text" (arch "gemma3"; norms
+stored as 1 + w; q/k norms and post-norms). A new family is a new row plus whatever ``fixes`` it
+needs; nothing below the tables changes. The file is written atomically and streamed: one tensor
+in memory at a time.
 
 Two readers are the reference: llama.cpp, and transformers' GGUF loader
 (``modeling_gguf_pytorch_utils.load_gguf_checkpoint``, ``integrations/ggml.py``,
@@ -24,7 +28,6 @@ biases, so files that carry them are right for llama.cpp but not for that round 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from contextlib import ExitStack
@@ -34,26 +37,20 @@ from typing import Any, Callable, Mapping
 
 import gguf
 import numpy as np
-from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
-from gguf import Keys, LlamaFileType, TokenType
+from gguf import Keys
 from gguf import MODEL_TENSOR as T
 from safetensors import safe_open
 
 from oficina.errors import FormatError
 from oficina.formats.atomic import atomic_write
+from oficina.formats.gguf_tokenizer import read_json, write_tokenizer
+from oficina.quant import mixes
+from oficina.quant.gguf_types import TYPES
 
-__all__ = ["ARCHS", "DTYPES", "ArchSpec", "HParam", "export_gguf", "register"]
+__all__ = ["ARCHS", "ArchSpec", "HParam", "Layout", "export_gguf", "load_gguf_weights", "plan_types", "register"]
 
 Progress = Callable[[int, int], None]
-
-# --outtype of convert_hf_to_gguf.py: GGML type for weight matrices, general.file_type.
-DTYPES: dict[str, tuple[Q, LlamaFileType]] = {
-    "f32": (Q.F32, LlamaFileType.ALL_F32),
-    "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
-    "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16),
-    "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-}
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,19 @@ class HParam:
         return self.source(config) if callable(self.source) else getattr(config, self.source)
 
 
-Fix = Callable[[np.ndarray, Any], np.ndarray]  # (float32 tensor in HF layout, config) -> GGUF layout
+@dataclass(frozen=True)
+class Layout:
+    """Where llama.cpp stores a tensor differently from HF: ``to_gguf`` on export and its inverse
+    ``from_gguf`` on import, each (float32 array, config) -> array. Calling it exports."""
+
+    to_gguf: Callable[[np.ndarray, Any], np.ndarray]
+    from_gguf: Callable[[np.ndarray, Any], np.ndarray]
+
+    def __call__(self, w: np.ndarray, config: Any) -> np.ndarray:
+        return self.to_gguf(w, config)
+
+
+Rope = Callable[[Any], tuple[list[tuple[str, V, Any]], list[tuple[T, np.ndarray]]]]
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,11 @@ class ArchSpec:
     arch: gguf.MODEL_ARCH  # its name (MODEL_ARCH_NAMES) is general.architecture and the key prefix
     tensors: Mapping[str, T]  # HF module path, "{bid}" for the layer -> GGUF tensor (gguf-py names)
     hparams: tuple[HParam, ...]
-    fixes: Mapping[T, Fix] = field(default_factory=dict)
+    fixes: Mapping[T, Layout] = field(default_factory=dict)
     # config -> (extra metadata, extra tensors): RoPE scaling, which llama.cpp spells per family
-    rope: Callable[[Any], tuple[list[tuple[str, V, Any]], list[tuple[T, np.ndarray]]]] = lambda c: ([], [])
+    rope: Rope = lambda c: ([], [])
+    # config -> None, raising FormatError for what llama.cpp would compute differently
+    check: Callable[[Any], None] = lambda c: None
 
     @property
     def arch_name(self) -> str:
@@ -107,7 +118,7 @@ def register(spec: ArchSpec) -> ArchSpec:
 # table on load, get_gguf_hf_weights_map). Keys: convert_hf_to_gguf.py TextModel/LlamaModel
 # .set_gguf_parameters, read back by transformers integrations/ggml.py GGUF_CONFIG_MAPPING["llama"].
 
-def _rope_interleave(heads: str) -> Fix:
+def _rope_interleave(heads: str) -> Layout:
     """HF Llama rotates the pairs (i, i + d/2) of each head ("rotate_half"): its conversion script
     (convert_llama_weights_to_hf.py) permuted the Q/K rows of Meta's checkpoints, which rotate
     adjacent pairs (2i, 2i + 1) as GGML's normal RoPE mode does. llama.cpp's LlamaModel.permute
@@ -115,50 +126,62 @@ def _rope_interleave(heads: str) -> Fix:
     Per head, rows [x0 .. x(d/2-1), y0 .. y(d/2-1)] become [x0, y0, x1, y1, ...]. K uses the
     KV head count. Biases (1-D) move the same way."""
 
-    def fix(w: np.ndarray, config: Any) -> np.ndarray:
+    def to_gguf(w: np.ndarray, config: Any) -> np.ndarray:
         n = getattr(config, heads)
         # (n_head * d, ...) -> (n_head, 2, d/2, ...) -> (n_head, d/2, 2, ...) -> (n_head * d, ...)
         return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
-    return fix
+    def from_gguf(w: np.ndarray, config: Any) -> np.ndarray:
+        n = getattr(config, heads)
+        return w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    return Layout(to_gguf, from_gguf)
 
 
 def _rope_theta(config: Any) -> float:
     return (config.rope_parameters or {}).get("rope_theta", 10000.0)
 
 
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _key_length(config: Any) -> int | None:
     # llama.cpp derives n_embd_head from embedding_length / head_count; say it only when it differs
-    return config.head_dim if config.head_dim * config.num_attention_heads != config.hidden_size else None
+    return config.head_dim if _head_dim(config) * config.num_attention_heads != config.hidden_size else None
+
+
+def _linear_rope(rope: Mapping[str, Any], supported: str) -> list[tuple[str, V, Any]]:
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return []
+    if kind == "linear":
+        return [(Keys.Rope.SCALING_TYPE, V.STRING, "linear"), (Keys.Rope.SCALING_FACTOR, V.FLOAT32, rope["factor"])]
+    raise FormatError(f"RoPE scaling {kind!r} cannot be exported to GGUF yet (supported: {supported})")
 
 
 def _llama_rope(config: Any) -> tuple[list[tuple[str, V, Any]], list[tuple[T, np.ndarray]]]:
     """RoPE scaling as LlamaModel writes it: "linear" as two keys, "llama3" as per-frequency
     divisors in a rope_freqs tensor (generate_extra_tensors). Others are refused."""
     rope = dict(config.rope_parameters or {})
-    kind = rope.get("rope_type", "default")
-    if kind == "default":
-        return [], []
-    if kind == "linear":
-        return [(Keys.Rope.SCALING_TYPE, V.STRING, "linear"), (Keys.Rope.SCALING_FACTOR, V.FLOAT32, rope["factor"])], []
-    if kind == "llama3":
-        dim = config.head_dim
-        freqs = 1.0 / (rope.get("rope_theta", 10000.0) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-        factor = rope.get("factor", 8.0)
-        low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
-        old_ctx = rope.get("original_max_position_embeddings", 8192)
-        factors = []
-        for freq in freqs:
-            wavelen = 2 * math.pi / freq
-            if wavelen < old_ctx / high:
-                factors.append(1.0)
-            elif wavelen > old_ctx / low:
-                factors.append(factor)
-            else:
-                smooth = (old_ctx / wavelen - low) / (high - low)
-                factors.append(1 / ((1 - smooth) / factor + smooth))
-        return [], [(T.ROPE_FREQS, np.asarray(factors, dtype=np.float32))]
-    raise FormatError(f"RoPE scaling {kind!r} cannot be exported to GGUF yet (supported: default, linear, llama3)")
+    if rope.get("rope_type", "default") != "llama3":
+        return _linear_rope(rope, "default, linear, llama3"), []
+    dim = config.head_dim
+    freqs = 1.0 / (rope.get("rope_theta", 10000.0) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_ctx = rope.get("original_max_position_embeddings", 8192)
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_ctx / high:
+            factors.append(1.0)
+        elif wavelen > old_ctx / low:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return [], [(T.ROPE_FREQS, np.asarray(factors, dtype=np.float32))]
 
 
 _LLAMA_TENSORS: dict[str, T] = {
@@ -176,134 +199,135 @@ _LLAMA_TENSORS: dict[str, T] = {
     "model.layers.{bid}.mlp.down_proj": T.FFN_DOWN,
 }
 
-_LLAMA_HPARAMS = (
+_COMMON_HPARAMS = (
     HParam(Keys.LLM.CONTEXT_LENGTH, V.UINT32, "max_position_embeddings"),
     HParam(Keys.LLM.EMBEDDING_LENGTH, V.UINT32, "hidden_size"),
     HParam(Keys.LLM.BLOCK_COUNT, V.UINT32, "num_hidden_layers"),
     HParam(Keys.LLM.FEED_FORWARD_LENGTH, V.UINT32, "intermediate_size"),
     HParam(Keys.Attention.HEAD_COUNT, V.UINT32, "num_attention_heads"),
     HParam(Keys.Attention.HEAD_COUNT_KV, V.UINT32, "num_key_value_heads"),
-    HParam(Keys.Rope.FREQ_BASE, V.FLOAT32, _rope_theta),
     HParam(Keys.Attention.LAYERNORM_RMS_EPS, V.FLOAT32, "rms_norm_eps"),
+    HParam(Keys.LLM.VOCAB_SIZE, V.UINT32, "vocab_size"),
+)
+
+_LLAMA_HPARAMS = _COMMON_HPARAMS + (
+    HParam(Keys.Rope.FREQ_BASE, V.FLOAT32, _rope_theta),
     HParam(Keys.Rope.DIMENSION_COUNT, V.UINT32, "head_dim"),  # transformers reads it back as head_dim
     HParam(Keys.Attention.KEY_LENGTH, V.UINT32, _key_length),
     HParam(Keys.Attention.VALUE_LENGTH, V.UINT32, _key_length),
-    HParam(Keys.LLM.VOCAB_SIZE, V.UINT32, "vocab_size"),
 )
+
+_LLAMA_FIXES = {T.ATTN_Q: _rope_interleave("num_attention_heads"), T.ATTN_K: _rope_interleave("num_key_value_heads")}
 
 register(ArchSpec(
     model_type="llama",
     arch=gguf.MODEL_ARCH.LLAMA,
     tensors=_LLAMA_TENSORS,
     hparams=_LLAMA_HPARAMS,
-    fixes={T.ATTN_Q: _rope_interleave("num_attention_heads"), T.ATTN_K: _rope_interleave("num_key_value_heads")},
+    fixes=_LLAMA_FIXES,
+    rope=_llama_rope,
+))
+
+# Mistral: convert_hf_to_gguf.py registers MistralForCausalLM as a LlamaModel. llama.cpp's llama
+# arch has no sliding window, so Mistral 7B v0.1 (window 4096) runs there with full attention,
+# as it does in every llama.cpp conversion of it.
+register(ArchSpec(
+    model_type="mistral",
+    arch=gguf.MODEL_ARCH.LLAMA,
+    tensors=_LLAMA_TENSORS,
+    hparams=_LLAMA_HPARAMS,
+    fixes=_LLAMA_FIXES,
     rope=_llama_rope,
 ))
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer: byte-level BPE only, stored as tokenizer.ggml.model "gpt2" (TextModel._set_vocab_gpt2).
+# Qwen2 (convert_hf_to_gguf.py Qwen2Model): the Llama tensor names (q/k/v carry biases, found by
+# name), NEOX RoPE in llama.cpp (LLAMA_ROPE_TYPE_NEOX for LLM_ARCH_QWEN2), so no Q/K permutation.
 
-_LLAMA3_SPLIT = (  # Meta-Llama-3 tokenizer.json
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (  # Qwen2 tokenizer.json: like Llama 3, but digits one at a time
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+def _qwen2_check(config: Any) -> None:
+    if getattr(config, "use_sliding_window", False):
+        raise FormatError("Qwen2 with use_sliding_window cannot be exported to GGUF (llama.cpp's qwen2 has no window)")
 
-# tokenizer.json pre-tokenizer steps -> tokenizer.ggml.pre, the name llama.cpp (llama-vocab.cpp)
-# keys its split regexes by. convert_hf_to_gguf.py finds it by hashing a sample's token ids; the
-# steps say the same thing without a hash table. transformers rebuilds the split for the names in
-# its GGUF_PRE_TOKENIZER_SPLITS, and falls back to GPT-2's for the rest ("smollm" included, so
-# there its round trip splits digit runs differently from llama.cpp).
-_BPE_PRE: dict[tuple[str, ...], str] = {
-    ("ByteLevel",): "gpt-2",
-    ("Digits",  "ByteLevel"): "smollm",  # SmolLM/SmolLM2 (convert_hf_to_gguf_update.py)
-    ("Split " + _LLAMA3_SPLIT, "ByteLevel/raw"): "llama-bpe",
-    ("Split " + _QWEN2_SPLIT, "ByteLevel/raw"): "qwen2",
+
+register(ArchSpec(
+    model_type="qwen2",
+    arch=gguf.MODEL_ARCH.QWEN2,
+    tensors=_LLAMA_TENSORS,
+    hparams=_COMMON_HPARAMS + (
+        HParam(Keys.Rope.FREQ_BASE, V.FLOAT32, _rope_theta),
+        HParam(Keys.Attention.KEY_LENGTH, V.UINT32, _key_length),
+        HParam(Keys.Attention.VALUE_LENGTH, V.UINT32, _key_length),
+    ),
+    rope=lambda config: (_linear_rope(dict(config.rope_parameters or {}), "default, linear"), []),
+    check=_qwen2_check,
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma 3 text (convert_hf_to_gguf.py Gemma3Model; llama.cpp llama-model.cpp LLM_ARCH_GEMMA3).
+# HF's Gemma3RMSNorm scales by (1 + w); llama.cpp's norm scales by w, so every norm is stored
+# as 1 + w (Gemma3Model.modify_tensors). llama.cpp hard-codes the local/global attention layout
+# (every 6th layer global, set_swa_pattern(6)) and the local layers' RoPE base (10000): models
+# that differ are refused rather than exported wrong.
+
+_GEMMA3_TENSORS: dict[str, T] = {
+    "model.embed_tokens": T.TOKEN_EMBD,
+    "model.norm": T.OUTPUT_NORM,
+    "model.layers.{bid}.input_layernorm": T.ATTN_NORM,
+    "model.layers.{bid}.self_attn.q_proj": T.ATTN_Q,
+    "model.layers.{bid}.self_attn.k_proj": T.ATTN_K,
+    "model.layers.{bid}.self_attn.v_proj": T.ATTN_V,
+    "model.layers.{bid}.self_attn.o_proj": T.ATTN_OUT,
+    "model.layers.{bid}.self_attn.q_norm": T.ATTN_Q_NORM,
+    "model.layers.{bid}.self_attn.k_norm": T.ATTN_K_NORM,
+    "model.layers.{bid}.post_attention_layernorm": T.ATTN_POST_NORM,
+    "model.layers.{bid}.pre_feedforward_layernorm": T.FFN_PRE_NORM,  # named "ffn_norm" too
+    "model.layers.{bid}.post_feedforward_layernorm": T.FFN_POST_NORM,
+    "model.layers.{bid}.mlp.gate_proj": T.FFN_GATE,
+    "model.layers.{bid}.mlp.up_proj": T.FFN_UP,
+    "model.layers.{bid}.mlp.down_proj": T.FFN_DOWN,
 }
 
-
-def _pre_steps(pre: dict | None) -> tuple[str, ...]:
-    """A tokenizer.json pre_tokenizer as a tuple of step names; odd settings make odd names."""
-    if pre is None:
-        return ()
-    if pre.get("type") == "Sequence":
-        return tuple(s for p in pre.get("pretokenizers", []) for s in _pre_steps(p))
-    kind = pre.get("type", "?")
-    if kind == "ByteLevel":
-        return ("ByteLevel" + ("/prefix-space" if pre.get("add_prefix_space") else "")
-                + ("" if pre.get("use_regex", True) else "/raw"),)
-    if kind == "Digits":
-        return ("Digits" if pre.get("individual_digits") else "Digits/grouped",)
-    if kind == "Split" and pre.get("behavior") == "Isolated" and not pre.get("invert"):
-        return ("Split " + str((pre.get("pattern") or {}).get("Regex")),)
-    return (kind + json.dumps({k: v for k, v in pre.items() if k != "type"}, sort_keys=True),)
+_ONE_PLUS = Layout(lambda w, c: w + 1.0, lambda w, c: w - 1.0)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FormatError(f"cannot read {path}: {e}") from None
+def _gemma3_rope(config: Any) -> dict[str, dict]:
+    rope = dict(config.rope_parameters or {})
+    return rope if "full_attention" in rope else {"full_attention": rope, "sliding_attention": {}}
 
 
-def _bpe_vocab(src: Path, n_vocab: int) -> tuple[list[str], list[int], str]:
-    """Tokens, token types and pre-tokenizer name, padded to the embedding's rows with unused
-    "[PAD{i}]" tokens (TextModel.get_vocab_base)."""
-    path = src / "tokenizer.json"
-    if not path.is_file():
-        raise FormatError(f"{src} has no tokenizer.json; only byte-level BPE tokenizers can be exported to GGUF")
-    tj = _read_json(path)
-    model = tj.get("model") or {}
-    if model.get("type") != "BPE":
-        raise FormatError(f"{path}: a {model.get('type')} tokenizer cannot be exported to GGUF (only byte-level BPE)")
-    # NFC is what Qwen2 declares; llama.cpp and transformers' GGUF loader both leave it out.
-    if (normalizer := (tj.get("normalizer") or {}).get("type")) not in (None, "NFC"):
-        raise FormatError(f"{path}: tokenizer normalizer {normalizer} has no GGUF equivalent")
-    steps = _pre_steps(tj.get("pre_tokenizer"))
-    if steps not in _BPE_PRE:
-        shown = " + ".join(s[:40] for s in steps) or "none"
-        raise FormatError(f"{path}: pre-tokenizer {shown} is not a byte-level BPE one GGUF can name "
-                          f"(supported: {', '.join(sorted(_BPE_PRE.values()))})")
-    added = {t["id"]: t for t in tj.get("added_tokens", [])}
-    by_id = {i: tok for tok, i in model.get("vocab", {}).items()} | {i: t["content"] for i, t in added.items()}
-    if by_id and max(by_id) >= n_vocab:
-        raise FormatError(f"{path}: token id {max(by_id)} does not fit the model's {n_vocab} embedding rows")
-
-    tokens, types = [], []
-    for i in range(n_vocab):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(TokenType.UNUSED)
-            continue
-        tok = by_id[i]
-        if i in added:
-            # added tokens are stored as text, not in the byte alphabet; <|...|> counts as special
-            # even when unmarked (TextModel.does_token_look_special)
-            special = added[i].get("special") or (tok.startswith("<|") and tok.endswith("|>"))
-            types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
-        else:
-            types.append(TokenType.NORMAL)
-        tokens.append(tok)
-    return tokens, types, _BPE_PRE[steps]
+def _gemma3_check(config: Any) -> None:
+    for attr in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, attr, None) is not None:
+            raise FormatError(f"Gemma 3 with {attr} cannot be exported to GGUF (llama.cpp's gemma3 has none)")
+    if getattr(config, "query_pre_attn_scalar", config.head_dim) != config.head_dim:
+        # llama.cpp scales attention by 1/sqrt(head_dim) (by 1/sqrt(n_embd/n_head) for its 27B only)
+        raise FormatError("Gemma 3 with query_pre_attn_scalar != head_dim cannot be exported to GGUF yet")
+    layout = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(config.num_hidden_layers)]
+    if list(config.layer_types) != layout:
+        raise FormatError("Gemma 3 layer_types must be 5 sliding-window layers then 1 global, repeated "
+                          "(llama.cpp assumes that layout)")
+    local = _gemma3_rope(config).get("sliding_attention") or {}
+    if local.get("rope_theta", 10000.0) != 10000.0 or local.get("rope_type", "default") != "default":
+        raise FormatError("Gemma 3 sliding-window layers must use plain RoPE with base 10000 (llama.cpp assumes it)")
 
 
-def _write_tokenizer(w: gguf.GGUFWriter, src: Path, n_vocab: int) -> None:
-    tokens, types, pre = _bpe_vocab(src, n_vocab)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    # merges, bos/eos/unk/pad ids, add_bos/add_eos (from tokenizer_config or the post-processor's
-    # template) and the chat template (tokenizer_config or chat_template.jinja): gguf-py reads
-    # them the way convert_hf_to_gguf.py does.
-    gguf.SpecialVocab(src, load_merges=True, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
-    config = src / "tokenizer_config.json"
-    if config.is_file() and isinstance(prefix := _read_json(config).get("add_prefix_space"), bool):
-        w.add_add_space_prefix(prefix)  # LlamaModel.set_vocab
+register(ArchSpec(
+    model_type="gemma3_text",
+    arch=gguf.MODEL_ARCH.GEMMA3,
+    tensors=_GEMMA3_TENSORS,
+    hparams=_COMMON_HPARAMS + (
+        HParam(Keys.Attention.KEY_LENGTH, V.UINT32, "head_dim"),
+        HParam(Keys.Attention.VALUE_LENGTH, V.UINT32, "head_dim"),
+        # the global layers' base; the local ones' is fixed (see _gemma3_check)
+        HParam(Keys.Rope.FREQ_BASE, V.FLOAT32, lambda c: _gemma3_rope(c)["full_attention"].get("rope_theta", 1e6)),
+        HParam(Keys.Attention.SLIDING_WINDOW, V.UINT32, "sliding_window"),
+    ),
+    fixes={t: _ONE_PLUS for t in _GEMMA3_TENSORS.values() if gguf.TENSOR_NAMES[t].endswith("norm")},
+    rope=lambda config: (_linear_rope(_gemma3_rope(config)["full_attention"], "default, linear"), []),
+    check=_gemma3_check,
+))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,16 +342,8 @@ _LAYER = re.compile(r"(?<=\.layers\.)(\d+)(?=\.)")
 class _Tensor:
     name: str  # GGUF name
     shape: tuple[int, ...]  # HF (numpy) order; the writer reverses it
-    qtype: Q
+    qtype: str  # GGML type name (oficina.quant.gguf_types.TYPES)
     load: Callable[[], np.ndarray]  # float32, GGUF layout
-
-
-def _tensor_type(shape: tuple[int, ...], want: Q) -> Q:
-    """ModelBase.prepare_tensors: 1-D tensors (norms, biases, RoPE factors) stay F32, and a matrix
-    whose rows do not split into whole quant blocks falls back to F16."""
-    if len(shape) < 2:
-        return Q.F32
-    return want if shape[-1] % gguf.GGML_QUANT_SIZES[want][0] == 0 else Q.F16
 
 
 def _resolve(spec: ArchSpec, hf_name: str) -> tuple[T, str] | None:
@@ -340,7 +356,20 @@ def _resolve(spec: ArchSpec, hf_name: str) -> tuple[T, str] | None:
     return tensor, gguf.TENSOR_NAMES[tensor].format(bid=bid.group(1) if bid else None) + "." + suffix
 
 
-def _plan(spec: ArchSpec, config: Any, src: Path, stack: ExitStack, want: Q) -> list[_Tensor]:
+def plan_types(ft: mixes.FileType, config: Any, tensors: list[tuple[str, tuple[int, ...]]]) -> list[str]:
+    """The GGML type of each (GGUF name, numpy shape) in a file of type ``ft``."""
+    n_layer = config.num_hidden_layers
+    gqa = max(1, config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads))
+    tied = "output.weight" not in {name for name, _ in tensors}
+    types = []
+    for name, shape in tensors:
+        bid = re.match(r"blk\.(\d+)\.", name)
+        at = mixes.Layer(int(bid.group(1)), n_layer, gqa) if bid else None
+        types.append(mixes.tensor_type(ft, name, shape, at, tied_output=tied))
+    return types
+
+
+def _plan(spec: ArchSpec, config: Any, src: Path, stack: ExitStack, ft: mixes.FileType) -> list[_Tensor]:
     """Every tensor to write, in order, from the headers alone: nothing is loaded yet."""
     import torch  # safetensors hands out torch tensors: bf16 has no numpy dtype
     files = sorted(src.glob("model*.safetensors"))  # ModelBase.get_model_part_names(dir, "model", ...)
@@ -349,7 +378,7 @@ def _plan(spec: ArchSpec, config: Any, src: Path, stack: ExitStack, want: Q) -> 
     plan: list[_Tensor] = []
     _, extra = spec.rope(config)
     for kind, data in extra:
-        plan.append(_Tensor(gguf.TENSOR_NAMES[kind], data.shape, _tensor_type(data.shape, want), lambda d=data: d))
+        plan.append(_Tensor(gguf.TENSOR_NAMES[kind] + ".weight", data.shape, "", lambda d=data: d))
 
     seen: dict[str, str] = {}
     for file in files:
@@ -371,10 +400,12 @@ def _plan(spec: ArchSpec, config: Any, src: Path, stack: ExitStack, want: Q) -> 
 
             def load(st=st, hf_name=hf_name, fix=fix) -> np.ndarray:
                 data = st.get_tensor(hf_name).to(torch.float32).numpy()
-                return fix(data, config) if fix else data
+                return fix.to_gguf(data, config) if fix else data
 
-            plan.append(_Tensor(name, shape, _tensor_type(shape, want), load))
+            plan.append(_Tensor(name, shape, "", load))
     _check_complete(spec, config, seen, src)
+    for t, qtype in zip(plan, plan_types(ft, config, [(t.name, t.shape) for t in plan])):
+        t.qtype = qtype
     return plan
 
 
@@ -394,7 +425,7 @@ def _check_complete(spec: ArchSpec, config: Any, seen: Mapping[str, str], src: P
 # ---------------------------------------------------------------------------------------------
 
 def _load_config(src: Path) -> tuple[ArchSpec, Any]:
-    raw = _read_json(src / "config.json")
+    raw = read_json(src / "config.json")
     model_type = raw.get("model_type")
     spec = ARCHS.get(model_type)
     if spec is None:
@@ -403,10 +434,12 @@ def _load_config(src: Path) -> tuple[ArchSpec, Any]:
         )
     from transformers import AutoConfig  # the config class fills defaults and normalizes RoPE
 
-    return spec, AutoConfig.from_pretrained(src)
+    config = AutoConfig.from_pretrained(src)
+    spec.check(config)
+    return spec, config
 
 
-def _write_metadata(w: gguf.GGUFWriter, spec: ArchSpec, config: Any, src: Path, file_type: LlamaFileType) -> None:
+def _write_metadata(w: gguf.GGUFWriter, spec: ArchSpec, config: Any, src: Path, ft: mixes.FileType) -> None:
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(src.resolve().name)  # ModelBase.prepare_metadata falls back to the folder name
     cast = {V.UINT32: int, V.FLOAT32: float, V.STRING: str, V.BOOL: bool}
@@ -415,29 +448,37 @@ def _write_metadata(w: gguf.GGUFWriter, spec: ArchSpec, config: Any, src: Path, 
     for key, vtype, value in rows:
         if value is not None:
             w.add_key_value(key.format(arch=spec.arch_name), cast[vtype](value), vtype)
-    w.add_file_type(file_type)
+    w.add_file_type(ft.ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _write_tokenizer(w, src, config.vocab_size)
+    write_tokenizer(w, src, config.vocab_size)
+
+
+def file_type(name: str) -> mixes.FileType:
+    """A GGUF file type by name, any case ("q4_k_m"); FormatError naming the choices otherwise."""
+    try:
+        return mixes.get(name)
+    except KeyError as e:
+        raise FormatError(str(e.args[0])) from None
 
 
 def export_gguf(src_dir: str | Path, out_path: str | Path, dtype: str = "f32",
                 progress: Progress | None = None) -> Path:
     """Convert the model folder ``src_dir`` (config.json, model*.safetensors, tokenizer.json) to the
-    GGUF file ``out_path``, its matrices stored as ``dtype`` (one of ``DTYPES``). ``progress(done,
-    total)`` is called after each tensor. The file appears whole or not at all."""
+    GGUF file ``out_path`` of file type ``dtype`` ("f16", "q8_0", "Q4_K_M": any name in
+    ``oficina.quant.mixes.FILE_TYPES`` or its aliases, any case). ``progress(done, total)`` is
+    called after each tensor. The file appears whole or not at all."""
     src, out = Path(src_dir), Path(out_path)
-    if dtype not in DTYPES:
-        raise FormatError(f"unknown GGUF dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-    want, file_type = DTYPES[dtype]
+    ft = file_type(dtype)
     spec, config = _load_config(src)
 
     with ExitStack() as stack:
-        plan = _plan(spec, config, src, stack, want)
+        plan = _plan(spec, config, src, stack, ft)
         w = gguf.GGUFWriter(path=None, arch=spec.arch_name)
-        _write_metadata(w, spec, config, src, file_type)
+        _write_metadata(w, spec, config, src, ft)
         for t in plan:
-            byte_shape = gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
-            w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=t.qtype)
+            qtype = TYPES[t.qtype].qtype
+            byte_shape = gguf.quant_shape_to_byte_shape(t.shape, qtype)
+            w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=qtype)
 
         with atomic_write(out) as f:
             try:
@@ -446,9 +487,58 @@ def export_gguf(src_dir: str | Path, out_path: str | Path, dtype: str = "f32",
                 w.write_kv_data_to_file()
                 w.write_ti_data_to_file()
                 for done, t in enumerate(plan, 1):
-                    w.write_tensor_data(gguf.quants.quantize(t.load(), t.qtype))
+                    w.write_tensor_data(TYPES[t.qtype].quantize(t.load()))
                     if progress:
                         progress(done, len(plan))
             finally:
                 w.close()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: the same tables, read backwards.
+
+def load_gguf_weights(path: str | Path, model: Any) -> Any:
+    """Copy the weights of the GGUF file ``path`` (dequantized to float32) into ``model``, a
+    transformers model of the family that file was exported from, in place; return it.
+
+    The file's header is validated first (``formats.gguf.read_header``). This is how a quantized
+    file's quality is measured without a second copy of the model: transformers' own GGUF loader
+    gives the same weights (tests/test_quant.py), but rebuilds the model and the tokenizer."""
+    import torch
+
+    from oficina.formats.gguf import read_header
+
+    read_header(Path(path))
+    config = model.config
+    spec = ARCHS.get(config.model_type)
+    if spec is None:
+        raise FormatError(f"no GGUF table for model_type {config.model_type!r} (supported: {', '.join(sorted(ARCHS))})")
+    names: dict[str, tuple[str, T]] = {}  # GGUF name -> (HF name, kind)
+    for hf_name, _ in model.named_parameters():
+        resolved = _resolve(spec, hf_name)
+        if resolved:
+            names[resolved[1]] = (hf_name, resolved[0])
+    params = dict(model.named_parameters())
+    reader = gguf.GGUFReader(path)
+    done = set()
+    for t in reader.tensors:
+        if t.name not in names:
+            continue  # rope_freqs: recomputed by the model from its config
+        hf_name, kind = names[t.name]
+        qtype = gguf.GGMLQuantizationType(t.tensor_type).name
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions fastest first
+        data = TYPES[qtype].dequantize(np.asarray(t.data)).reshape(shape)
+        fix = spec.fixes.get(kind)
+        if fix:
+            data = fix.from_gguf(data, config)
+        p = params[hf_name]
+        if tuple(p.shape) != shape:
+            raise FormatError(f"{Path(path).name}: {t.name} is {shape}, the model's {hf_name} is {tuple(p.shape)}")
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(np.array(data, dtype=np.float32)).to(p.dtype))  # a writable copy
+        done.add(hf_name)
+    missing = [n for n in params if n not in done and not (n.startswith("lm_head.") and config.tie_word_embeddings)]
+    if missing:
+        raise FormatError(f"{Path(path).name}: no tensor for {len(missing)} weight(s), e.g. {missing[0]}")
+    return model

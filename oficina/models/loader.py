@@ -56,7 +56,10 @@ def load_folder(folder: Path, fmt: str | None = None, dtype: torch.dtype | None 
             return _load_gguf_cached(gguf, info, dtype, cache)
         model, tokenizer = _from_pretrained(gguf.parent, info, dtype, gguf_file=gguf.name)
     else:
-        model, tokenizer = _from_pretrained(folder, info, dtype)
+        from ..quant.torch_quant import is_packed
+
+        load = _from_packed if is_packed(folder) else _from_pretrained
+        model, tokenizer = load(folder, info, dtype)
     return Loaded(model, tokenizer, info, folder)
 
 
@@ -74,6 +77,20 @@ def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, *
         raise FormatError(f"cannot load {info.architecture} model from {folder.name}: {first}") from None
     model.eval().to(device())
     return model, tokenizer
+
+
+def _from_packed(folder: Path, info: ModelInfo, dtype):
+    """A folder ``oficina quantize`` packed (int8/int4 linears, or fp16/bf16): it keeps its own
+    precision, whatever ``dtype`` asks (oficina.quant.torch_quant)."""
+    import transformers
+
+    from ..quant.torch_quant import load_packed
+
+    _quiet_transformers()
+    with no_tqdm():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        model = load_packed(folder, AUTO_CLASSES[info.kind])
+    return model.to(device()), tokenizer
 
 
 def _load_gguf_cached(gguf: Path, info: ModelInfo, dtype, cache: Path) -> Loaded:

@@ -1,0 +1,151 @@
+"""Registry models in, quantized registry models or GGUF files out: the library behind
+``oficina quantize``, ``oficina export`` and ``oficina create --quantize``.
+
+    quantize_entry(reg, "smollm2", TorchQuantConfig("int4"))    # -> Entry "smollm2:int4"
+    export_entry(reg, "smollm2", "Q4_K_M", "smollm2.gguf")     # -> Path
+    gguf_manifest(reg, manifest, "q4_K_M")                     # create --quantize
+
+Every path starts from a float Hugging Face folder (``float_folder``): a registry HF model's own
+snapshot, a GGUF model's cached conversion (``models.loader``), or a packed model dequantized.
+Starting from weights that were already quantized works, but compounds the error (llama-quantize
+refuses it without --allow-requantize); a warning says so.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from oficina.errors import OficinaError
+from oficina.registry.manifest import Manifest
+from oficina.registry.names import parse_ref
+from oficina.registry.registry import Entry, Registry
+from oficina.report import reporter
+
+from .torch_quant import KEY, QuantResult, TorchQuantConfig, is_packed
+
+__all__ = ["export_entry", "float_folder", "gguf_manifest", "quantize_entry", "default_name"]
+
+_FLOAT_FILE_TYPES = ("F32", "F16", "BF16", "ALL_F32")
+
+
+def float_folder(reg: Registry, manifest: Manifest, workdir: Path) -> Path:
+    """A Hugging Face folder with float weights for ``manifest`` (written under ``workdir`` when
+    one has to be made)."""
+    from oficina.models.info import describe
+    from oficina.models.loader import load_folder
+
+    snap = reg.snapshot_for(manifest)
+    if manifest.format == "gguf":
+        info = describe(snap, "gguf")
+        if info.file_type not in _FLOAT_FILE_TYPES:
+            reporter().warn(f"the source weights are already quantized ({info.file_type}): "
+                            f"quantizing them again adds to that error")
+        return load_folder(snap, "gguf", info=info, cache=reg.home / "cache").folder
+    if is_packed(snap):
+        return _unpack(snap, workdir / "unpacked")
+    return snap
+
+
+def _unpack(snap: Path, out: Path) -> Path:
+    import transformers
+
+    from .linear import dequantize_model
+    from .torch_quant import load_packed
+
+    model = load_packed(snap)
+    reporter().warn(f"the source weights are already quantized ({model.config.oficina_quantization['to']}): "
+                    f"quantizing them again adds to that error")
+    dequantize_model(model)
+    model.float()
+    delattr(model.config, KEY)
+    model.config.dtype = "float32"
+    model.save_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(str(snap)).save_pretrained(out)
+    return out
+
+
+def default_name(source: str, suffix: str) -> str:
+    """"smollm2" -> "smollm2:int4"; "smollm2:tuned" -> "smollm2:tuned-int4"."""
+    ref = parse_ref(source)
+    base, _, tag = ref.name.partition(":")
+    return f"{base}:{suffix.lower()}" if tag == "latest" else f"{base}:{tag}-{suffix.lower()}"
+
+
+def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | None = None) -> tuple[Entry, QuantResult]:
+    """Quantize registry model ``name`` in PyTorch and register the packed result (lineage:
+    parent = the source version, producer = what was done)."""
+    from oficina.api import Model, resolve
+    from oficina.models.info import describe
+    from oficina.models.loader import load_folder
+    from oficina.options import Options
+    from oficina.registry.sources import collect_files, store_files
+
+    from .torch_quant import quantize, save
+
+    entry = resolve(name, reg)
+    target = out or default_name(entry.name, cfg.to)
+    with tempfile.TemporaryDirectory(dir=_tmp(reg)) as tmp:
+        folder = float_folder(reg, entry.manifest, Path(tmp))
+        model = Model(load_folder(folder, "hf"), entry, Options())
+        if model.info.kind != "decoder-only" and cfg.to in ("int8", "int4"):
+            reporter().note(f"{model.info.architecture} is {model.info.kind}: its linear layers are quantized the same way")
+        result = quantize(model.torch_model, cfg)
+        packed = Path(tmp) / "packed"
+        save(model.torch_model, model.tokenizer, packed, result)
+        fmt, files = collect_files(packed)
+        refs = store_files(reg, files)
+        manifest = replace(entry.manifest, format=fmt, files=refs, adapters=[],
+                           params=dict(entry.manifest.params))
+        manifest.details = describe(reg.snapshot_for(manifest), fmt).summary()
+    new = reg.add(target, manifest, parent=entry.ref,
+                  producer={"op": "quantize", "source": entry.ref, "to": cfg.to, "group_size": result.group_size,
+                            "modules": len(result.modules)})
+    return new, result
+
+
+def export_entry(reg: Registry, name: str, file_type: str, out_path: str | Path) -> Path:
+    """Write registry model ``name`` as a GGUF file of ``file_type`` ("Q4_K_M", "f16", ...)."""
+    from oficina.api import resolve
+
+    entry = resolve(name, reg)
+    if entry.manifest.adapters:
+        reporter().warn("the model's ADAPTER layers are not part of the GGUF file; merge them into "
+                        "the weights first to include them")
+    with tempfile.TemporaryDirectory(dir=_tmp(reg)) as tmp:
+        return _export(float_folder(reg, entry.manifest, Path(tmp)), Path(out_path), file_type)
+
+
+def gguf_manifest(reg: Registry, manifest: Manifest, file_type: str) -> Manifest:
+    """``manifest`` with its weights replaced by one GGUF file of ``file_type`` (Ollama's
+    ``create --quantize``): PARAMETER/TEMPLATE/SYSTEM/... stay as they are."""
+    from oficina.models.info import describe
+    from oficina.registry.sources import store_files
+
+    with tempfile.TemporaryDirectory(dir=_tmp(reg)) as tmp:
+        out = _export(float_folder(reg, manifest, Path(tmp)), Path(tmp) / "model.gguf", file_type)
+        refs = store_files(reg, [("model.gguf", out)])
+    new = replace(manifest, format="gguf", files=refs, params=dict(manifest.params))
+    new.details = describe(reg.snapshot_for(new), "gguf").summary()
+    return new
+
+
+def _export(folder: Path, out: Path, file_type: str) -> Path:
+    from oficina.formats.gguf_export import export_gguf, file_type as get_type
+
+    ft = get_type(file_type)
+    if out.suffix.lower() != ".gguf":
+        raise OficinaError(f"{out}: the output file should end in .gguf")
+    if not out.parent.is_dir():
+        raise OficinaError(f"{out.parent}: no such folder")
+    with reporter().progress(f"exporting {ft.name}", None) as bar:
+        return export_gguf(folder, out, dtype=ft.name,
+                           progress=lambda done, total: bar.update(completed=done, total=total))
+
+
+def _tmp(reg: Registry) -> Path:
+    """Scratch space on the registry's own disk (the files end up there anyway)."""
+    path = reg.home / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
