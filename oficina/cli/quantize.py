@@ -84,7 +84,8 @@ def register(sub) -> None:
     s.add_argument("--out", help="register as this name (default NAME:TO, e.g. smollm2:int4)")
     s.add_argument("--report", action="store_true",
                    help="measure size, perplexity, KL divergence, top-1 agreement and speed for each type")
-    s.add_argument("--types", help=f"with --report: GGUF types, comma-separated (default all: {types})")
+    s.add_argument("--types", help="with --report: GGUF types, comma-separated (default every file type "
+                                   f"but F32, the reference; choose from {types}; '' for none)")
     s.add_argument("--torch", help="with --report: PyTorch targets, comma-separated (default fp16,bf16,int8,int4; "
                                    "'' for none)")
     s.add_argument("--text", help="with --report: held-out text (default the shipped heldout.txt)")
