@@ -53,9 +53,11 @@ def worker_oficina(args) -> dict:
                          forgetting=False, run_dir=str(Path(tmp) / "run"), seed=0,
                          options={"r": args.r, "alpha": 2 * args.r, "dropout": 0.05,
                                   "target_modules": ["all-linear"]})
+        c0 = _cpu()
         r = run.tune(cfg)
+        cpu = _cpu() - c0
     return {"tokens": r.loop.tokens, "wall": r.loop.wall_seconds, "step_seconds": r.loop.seconds,
-            "loss": r.loop.history[-1]["loss"], "steps": r.loop.steps}
+            "cpu": cpu, "loss": r.loop.history[-1]["loss"], "steps": r.loop.steps}
 
 
 def worker_peer(args) -> dict:
@@ -80,11 +82,18 @@ def worker_peer(args) -> dict:
             dataloader_num_workers=0, disable_tqdm=True)
         trainer = Trainer(model=model, args=targs, train_dataset=dataset,
                           data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         out = trainer.train()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
     tokens = args.epochs * sum(len(e.ids) for e in ex)
-    return {"tokens": tokens, "wall": wall, "loss": out.training_loss, "steps": out.global_step}
+    return {"tokens": tokens, "wall": wall, "cpu": cpu, "loss": out.training_loss, "steps": out.global_step}
+
+
+def _cpu() -> float:
+    """CPU seconds this process has used: on a shared machine, less disturbed by other load than
+    wall time (which also counts waiting for a core)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def _child(kind: str, argv: list[str]) -> dict:
@@ -133,8 +142,8 @@ def main() -> None:
           f"{f' (first {args.limit})' if args.limit else ''}, {args.epochs} epoch(s), batch {args.batch_size}, "
           f"max_length {args.max_length}; torch {torch.__version__}, transformers {transformers.__version__}, "
           f"peft {peft.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print(f"{'precision':<9} {'run':<8} {'tokens/s':>9} {'wall s':>8} {'peak RSS':>10} {'final loss':>10}")
-    summary = {}
+    print(f"{'precision':<9} {'run':<8} {'tokens/s':>9} {'wall s':>8} {'tok/CPU-s':>9} {'peak RSS':>10} "
+          f"{'load avg':>8}")
     for precision in args.precision.split(","):
         runs = {"oficina": [], "peer": []}
         for i in range(args.repeat):
@@ -145,12 +154,14 @@ def main() -> None:
                 if runs["oficina"] and runs["peer"]:
                     assert runs["oficina"][-1]["tokens"] == runs["peer"][-1]["tokens"], "token counts differ"
                 print(f"{precision:<9} {kind:<8} {r['tokens'] / r['wall']:>9.1f} {r['wall']:>8.1f} "
-                      f"{r['peak_rss'] / 1e6:>8.0f}MB {r['loss']:>10.4f}", flush=True)
+                      f"{r['tokens'] / r['cpu']:>9.1f} {r['peak_rss'] / 1e6:>8.0f}MB {os.getloadavg()[0]:>8.1f}",
+                      flush=True)
         med = {k: (statistics.median(x["tokens"] / x["wall"] for x in v),
+                   statistics.median(x["tokens"] / x["cpu"] for x in v),
                    statistics.median(x["peak_rss"] for x in v)) for k, v in runs.items()}
-        summary[precision] = med
-        print(f"{precision:<9} ratio    oficina/peer tokens/s {med['oficina'][0] / med['peer'][0]:.2f}x, "
-              f"peak RSS {med['oficina'][1] / med['peer'][1]:.2f}x (medians of {args.repeat})", flush=True)
+        o, q = med["oficina"], med["peer"]
+        print(f"{precision:<9} ratio    oficina/peer: tokens/s {o[0] / q[0]:.2f}x, tokens/CPU-s "
+              f"{o[1] / q[1]:.2f}x, peak RSS {o[2] / q[2]:.2f}x (medians of {args.repeat})", flush=True)
 
 
 if __name__ == "__main__":

@@ -65,13 +65,15 @@ def test_smollm2_lora_learns_invented_facts(real_registry, smollm2, capsys):
     assert r.entry.metrics["perplexity_after"] == r.perplexity_after
 
 
-def test_minilm_sentiment_beats_chance(real_registry):
+def test_minilm_sentiment_beats_chance(real_registry, capsys):
     test_file = DATA.joinpath("sentiment_test.jsonl")
     cfg = TuneConfig(base="minilm", method="lora", out="minilm-sentiment-test",
                      data=str(DATA.joinpath("sentiment_train.csv")), eval=str(test_file),
-                     epochs=8, batch_size=16, learning_rate=2e-3, max_length=64,
+                     epochs=8, batch_size=16, learning_rate=1e-3, max_length=64,
                      options={"r": 8, "alpha": 16, "target_modules": ["query", "key", "value", "dense"]})
     r = run.tune(cfg, real_registry)
+    with capsys.disabled():
+        print(f"\nminilm sentiment: held-out accuracy {r.metrics['val_accuracy']:.1%} (chance 50%)")
     assert r.task == "classification"
     assert r.metrics["val_accuracy"] >= 0.8, r.metrics  # chance is 0.5 (balanced labels)
     tuned = run.load_tuned("minilm-sentiment-test", real_registry)

@@ -110,7 +110,7 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
     torch.manual_seed(cfg.seed)  # the method's initial weights (LoRA's A, adapters) follow the seed
     model = method.apply(model, method_cfg, task)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = _count_weights(model)
 
     pad_id = _pad_id(base.tokenizer)
     batches = Batches(train_ex, cfg.batch_size, pad_id, cfg.seed, group_by_length=cfg.group_by_length,
@@ -212,6 +212,14 @@ def model_for(base: Base, task: tasks.Task, labels: tuple[str, ...] = ()) -> nn.
         model, base.model = base.model, None  # hand over the loaded one (training changes it)
         return model
     return tasks.load_model(task, base.folder, labels, pad_id=_pad_id(base.tokenizer))
+
+
+def _count_weights(model: nn.Module) -> int:
+    """Parameters plus the weights a quantized layer keeps as buffers (qlora's frozen base)."""
+    from ..quant import QuantLinear
+
+    quantized = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear))
+    return sum(p.numel() for p in model.parameters()) + quantized
 
 
 def _pad_id(tok) -> int:
