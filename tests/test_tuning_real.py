@@ -10,19 +10,13 @@
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 
 import pytest
 
 from oficina.tuning import TuneConfig, run
 
-pytestmark = [
-    pytest.mark.slow, pytest.mark.real,
-    # Minutes each on 2 cores and not yet verified green in CI: opt in until they are.
-    pytest.mark.skipif(os.environ.get("OFICINA_SLOW_TUNING") != "1",
-                       reason="real-model tuning checks run with OFICINA_SLOW_TUNING=1"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.real]
 
 DATA = resources.files("oficina.data").joinpath("tune")
 

@@ -24,7 +24,7 @@ from ..errors import OficinaError
 from ..registry.manifest import FileRef, Manifest
 from ..registry.registry import Entry, Registry
 from ..report import reporter
-from . import attach, data, forgetting, loop, tasks
+from . import attach, data, dropout, forgetting, frozen, loop, tasks
 from .batches import Batches
 from .config import TuneConfig
 from .method import META, Method, adapter_meta, get
@@ -108,7 +108,11 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     torch.manual_seed(cfg.seed)  # the method's initial weights (LoRA's A, adapters) follow the seed
+    names = frozen.base_names(model)
     model = method.apply(model, method_cfg, task)
+    dropout.speed_up(model)
+    merged = bool(base.manifest and base.manifest.adapters)  # the files no longer hold these weights
+    lowered = frozen.lower(model, base.folder, names) if cfg.precision == "bf16" and not merged else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = _count_weights(model)
 
@@ -128,6 +132,8 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
                     f"{len(eval_ex)} validation examples; run folder {run_dir}")
     result = loop.train(model, batches, cfg, run_dir, task.loss, evaluate, resume=resume,
                         fingerprint=fingerprint)
+    if lowered:
+        lowered.restore()
     ppl_after = forgetting.perplexity(model, base.tokenizer, check_text, window) if check_text else None
 
     artifact = run_dir / ("adapter" if method.artifact == "adapter" else "model")
