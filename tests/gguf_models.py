@@ -61,6 +61,7 @@ def config(family: str, vocab: int, width: int = 64, layers: int = 2, **override
     common = dict(vocab_size=vocab, hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+    common.update({k: overrides.pop(k) for k in list(overrides) if k in common})
     if family == "llama":
         return LlamaConfig(**common, bos_token_id=0, eos_token_id=1, pad_token_id=2, **overrides)
     if family == "mistral":

@@ -192,6 +192,10 @@ def test_quantize_saves_packed_and_reloads(registry, tiny_entry, to):
     assert entry.producer["op"] == "quantize" and entry.producer["to"] == to
     after = oficina.load(f"tiny:{to}", registry=registry)
     lm = after.torch_model
+    assert after.info.parameters == before.info.parameters  # packed codes count as the weights they are
+    if to in ("int8", "int4"):
+        assert after.info.file_type == to.upper()
+        assert after.info.bits_per_weight < (0.5 if to == "int8" else 0.4) * before.info.bits_per_weight
     if to in ("int8", "int4"):
         assert {n for n, m in lm.named_modules() if isinstance(m, QuantLinear)} == set(result.modules)
         assert len(result.modules) == 7 * 2  # q k v o gate up down, 2 layers
@@ -205,6 +209,22 @@ def test_quantize_saves_packed_and_reloads(registry, tiny_entry, to):
     torch.testing.assert_close(gguf_models.logits(lm, ids), gguf_models.logits(again, ids), atol=1e-5, rtol=0)
     assert _kl(ref, gguf_models.logits(lm, ids)) < (0.02 if to == "int4" else 1e-3)
     assert after.generate("The quick", raw=True, temperature=0, num_predict=3) is not None
+
+
+@pytest.mark.parametrize("to", TARGETS)
+def test_tied_embeddings_survive_packed_save(registry, tmp_path, to):
+    """A tied model saved packed keeps one name of the tied pair; loading restores both."""
+    import oficina
+    from oficina.quant.convert import quantize_entry
+    from oficina.registry.sources import import_path
+
+    model, _ = gguf_models.build("llama", tmp_path / "src", width=128, tie_word_embeddings=True)
+    import_path(registry, tmp_path / "src", "tied")
+    quantize_entry(registry, "tied", TorchQuantConfig(to))
+    lm = oficina.load(f"tied:{to}", registry=registry).torch_model
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    dtype = lm.model.embed_tokens.weight.dtype
+    torch.testing.assert_close(lm.model.embed_tokens.weight, model.model.embed_tokens.weight.to(dtype))
 
 
 def test_int4_group_size_and_per_row_fallback(tmp_path):

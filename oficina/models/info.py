@@ -43,7 +43,8 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
 
 # general.file_type (llama.cpp LLAMA_FTYPE) -> name, from gguf-py constants LlamaFileType.
 _DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I8": 8, "U8": 8, "I16": 16,
-               "I32": 32, "I64": 64, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8}
+               "I32": 32, "I64": 64, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8,
+               "INT8": 8, "INT4": 4}
 
 
 def component(name: str) -> str:
@@ -188,6 +189,10 @@ def _describe_hf(folder: Path) -> ModelInfo:
                     return src[k]
         return None
 
+    # `oficina quantize` int8/int4 folders: a linear layer is stored as codes (``qweight``, two
+    # int4 codes per byte) and group scales; count its logical weights, as GGUF counts blocks
+    packed = cfg.get("oficina_quantization")
+    packed_modules = set(packed.get("modules") or []) if isinstance(packed, dict) else set()
     tensors, n_params, n_bits, size = [], 0, 0, 0
     for p in sorted(folder.glob("*.safetensors")):
         size += p.stat().st_size
@@ -198,8 +203,17 @@ def _describe_hf(folder: Path) -> ModelInfo:
                 n = 1
                 for d in shape:
                     n *= d
+                bits = n * _DTYPE_BITS.get(dtype, 32)
+                module, _, leaf = name.rpartition(".")
+                if module in packed_modules and leaf == "scales":
+                    n_bits += bits  # storage of the weights counted under qweight
+                    continue
+                if module in packed_modules and leaf == "qweight" and len(shape) == 2:
+                    dtype = "INT4" if dtype == "U8" else "INT8"
+                    shape = (shape[0], shape[1] * (2 if dtype == "INT4" else 1))
+                    n = shape[0] * shape[1]
                 n_params += n
-                n_bits += n * _DTYPE_BITS.get(dtype, 32)
+                n_bits += bits
                 tensors.append((name, shape, dtype))
     model_type = str(cfg.get("model_type", "unknown"))
     archs = cfg.get("architectures") or [model_type]

@@ -171,8 +171,13 @@ def load_packed(folder: str | Path, auto_class: str = "AutoModelForCausalLM") ->
             shell = QuantLinear(linear.in_features, linear.out_features, to, meta.get("group_size"),
                                 bias=linear.bias is not None)
             _set_module(model, name, shell)
+    # ``save`` kept one name of each tied pair (either one): tie first, so loading that name
+    # fills both, and a missing name is fine when it shares its tensor with a loaded one
+    model.tie_weights()
     missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
-    missing = [k for k in missing if not k.startswith("lm_head.")] if config.tie_word_embeddings else missing
+    state = model.state_dict(keep_vars=True)
+    loaded = {state[k].data_ptr() for k in state if k not in set(missing)}
+    missing = [k for k in missing if state[k].data_ptr() not in loaded]
     if missing or unexpected:
         raise FormatError(f"{folder.name}: packed weights do not match the model "
                           f"({len(missing)} missing, e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
