@@ -16,7 +16,6 @@ from oficina import inspect
 from oficina.cli import main
 from oficina.errors import OficinaError
 from oficina.generation.sampling import Sampler, distribution
-from oficina.options import Options
 
 import tiny
 

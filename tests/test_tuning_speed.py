@@ -122,3 +122,27 @@ def test_bf16_run_leaves_the_base_weights_exact(tmp_path, registry, monkeypatch)
                for n, p in kept["model"].named_parameters() if not p.requires_grad}
     for n, p in reference.named_parameters():
         assert torch.equal(trained[n], p), n
+
+
+def test_fp32_attention_matches_sdpa_and_is_restored(tmp_path):
+    from oficina.tuning import attention
+
+    model = tiny.build("llama", tmp_path / "llama")
+    ids = torch.randint(3, 250, (2, 13))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding: the mask must reach the fp32 kernel
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_bf16 = model(input_ids=ids, attention_mask=mask).logits.float()
+    previous = attention.use(model)
+    assert previous == "sdpa" and model.config._attn_implementation == attention.NAME
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, ref)  # fp32: the same
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = model(input_ids=ids, attention_mask=mask).logits.float()
+    # bf16 either way; ours keeps attention in fp32, so it is no further from the fp32 result
+    assert (ours - ref).abs().mean() <= (ref_bf16 - ref).abs().mean() * 1.1
+    attention.restore(model, previous)
+    assert model.config._attn_implementation == "sdpa"
+    assert attention.use(tiny.build("bert", tmp_path / "bert")) in (None, "sdpa")

@@ -17,10 +17,10 @@ from torch import nn
 
 from ..errors import OficinaError
 from ..registry.registry import Entry, Registry
-from ..tuning import attach, data, loop, tasks
+from ..tuning import attach, data, tasks
 from ..tuning.config import TuneConfig
 from ..tuning.method import Method, get
-from ..tuning.run import Base, _base_id, _register, _save, _slug, model_for, open_base
+from ..tuning.run import Base, base_id, register, save_artifact, slug, model_for, open_base
 from . import pairs
 
 # prompt and prefix tuning add virtual tokens in front of every sequence, which shifts the
@@ -106,7 +106,7 @@ def context(base: Base, cfg: TuneConfig) -> tasks.Context:
 
 
 def run_dir(cfg: TuneConfig, reg: Registry, op: str) -> Path:
-    d = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / _slug(
+    d = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / slug(
         cfg.out or f"{Path(cfg.base).name}-{op}")
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -114,7 +114,7 @@ def run_dir(cfg: TuneConfig, reg: Registry, op: str) -> Path:
 
 def fingerprint(cfg: TuneConfig, settings: Any, train: data.Dataset, eval_: data.Dataset | None, base: Base) -> str:
     blob = [cfg.fingerprint(), dataclasses.asdict(settings), train.digest,
-            eval_.digest if eval_ is not None else None, _base_id(base)]
+            eval_.digest if eval_ is not None else None, base_id(base)]
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -125,28 +125,10 @@ def publish(r: AlignResult, opened: Opened, task: tasks.Task, labels: tuple[str,
     from ..pretrain.run import quiet_save
 
     with quiet_save():
-        _save(opened.model, opened.method, opened.base, task, labels, r.artifact)
+        save_artifact(opened.model, opened.method, opened.base, task, labels, r.artifact)
     if r.config.out:
-        r.entry = _register(_Lineage(reg, r.op, extra), r.config, opened.base, opened.method, task,
-                            r.artifact, train, eval_, r.metrics)
-
-
-class _Lineage:
-    """The registry, with ``add`` writing ``op`` and ``extra`` into the producer record.
-
-    A thin adapter: ``tuning.run._register`` builds the manifest (adapter stacked on its base,
-    or a whole model) exactly as for ``oficina tune`` but writes ``op: "tune"``. It goes away
-    when ``_register`` takes ``op`` and extra producer fields itself."""
-
-    def __init__(self, reg: Registry, op: str, extra: dict[str, Any]):
-        self._reg, self._op, self._extra = reg, op, extra
-
-    def add(self, name, manifest, parent=None, producer=None, metrics=None):
-        producer = {**(producer or {}), "op": self._op, **self._extra}
-        return self._reg.add(name, manifest, parent=parent, producer=producer, metrics=metrics)
-
-    def __getattr__(self, name):
-        return getattr(self._reg, name)
+        r.entry = register(reg, r.config, opened.base, opened.method, task, r.artifact, train, eval_,
+                           r.metrics, op=r.op, extra=extra)
 
 
 def metrics(r: AlignResult) -> dict[str, Any]:

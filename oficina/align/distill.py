@@ -30,8 +30,8 @@ from ..report import reporter
 from ..tuning import attach, data, loop, tasks
 from ..tuning.batches import Batches
 from ..tuning.config import TuneConfig
-from ..tuning.run import _base_id, _data_lineage, _init_distributed, _pad_id, model_for, open_base
-from ..tuning.tasks import IGNORE, _inner
+from ..tuning.run import base_id, data_lineage, init_distributed, model_for, open_base, pad_id, slug
+from ..tuning.tasks import IGNORE, unwrap
 
 LEARNING_RATE = 1e-3  # a small student trains almost from scratch; pass --lr for a pretrained one
 
@@ -92,7 +92,7 @@ def logits_at(model: nn.Module, inputs: dict, keep: torch.Tensor) -> torch.Tenso
     """Logits at the kept positions only. [K, V]"""
     import inspect
 
-    if "logits_to_keep" in inspect.signature(_inner(model).forward).parameters:
+    if "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters:
         return model(**inputs, logits_to_keep=keep).logits
     return model(**inputs).logits[keep]
 
@@ -209,7 +209,7 @@ def distill(cfg: TuneConfig, student: str, settings: DistillConfig | None = None
 
     settings = settings or DistillConfig()
     reg = registry or Registry()
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     if not cfg.base:
         raise OficinaError("no teacher: give TEACHER (a registry name or model folder)")
     if not cfg.data:
@@ -238,12 +238,12 @@ def distill(cfg: TuneConfig, student: str, settings: DistillConfig | None = None
                                f"teacher's tokenizer, or a student config (built with the teacher's tokenizer)")
         context_length = student_base.info.context_length
         student_from = {"ref": student_base.entry.ref if student_base.entry else str(student_base.source),
-                        "digest": _base_id(student_base)}
+                        "digest": base_id(student_base)}
     model.requires_grad_(True)
     ctx = tasks.Context(tok, cfg.max_length, cfg.train_on, cfg.truncate, split_long=True)
     train_ex = tasks.encode(train_ds, task, ctx)
     eval_ex = tasks.encode(eval_ds, task, ctx) if eval_ds else []
-    pad = _pad_id(tok)
+    pad = pad_id(tok)
     batches = Batches(train_ex, cfg.batch_size, pad, cfg.seed, group_by_length=cfg.group_by_length,
                       packing=cfg.max_length if cfg.packing else None, rank=rank, world=world)
     eval_batches = Batches(eval_ex, cfg.batch_size, pad, shuffle=False)
@@ -261,7 +261,7 @@ def distill(cfg: TuneConfig, student: str, settings: DistillConfig | None = None
 
     before = evaluate_now(evaluate, model)
     student_name = cfg.out or (student_base.ref if student_base else spath.name)
-    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / _slug(
+    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / slug(
         cfg.out or f"{Path(cfg.base).name}-distill")
     run_dir.mkdir(parents=True, exist_ok=True)
     student_before = Side(student_name, sum(p.numel() for p in model.parameters()), 0,
@@ -283,12 +283,12 @@ def distill(cfg: TuneConfig, student: str, settings: DistillConfig | None = None
         out.metrics = _metrics(out)
         if cfg.out:
             producer = {"op": "distill", "teacher": {"ref": teacher_base.entry.ref if teacher_base.entry
-                                                      else str(teacher_base.source), "digest": _base_id(teacher_base)},
+                                                      else str(teacher_base.source), "digest": base_id(teacher_base)},
                         "student": student_from, "distill": dataclasses.asdict(settings),
                         "hyperparameters": {k: v for k, v in cfg.to_dict().items()
                                             if k not in ("options", "out", "run_dir", "base", "data", "eval")},
-                        "data": {"train": _data_lineage(train_ds),
-                                 "eval": _data_lineage(eval_ds) if cfg.eval else
+                        "data": {"train": data_lineage(train_ds),
+                                 "eval": data_lineage(eval_ds) if cfg.eval else
                                  {"held_out_of_train": cfg.val_split, "records": len(eval_ds)}},
                         "oficina": __version__}
             parent = student_base.entry.ref if student_base and student_base.entry else (
@@ -315,7 +315,7 @@ def _fingerprint(cfg: TuneConfig, settings: DistillConfig, train_ds, eval_ds, te
 
     skip = {"out", "run_dir", "log_every", "keep_checkpoints", "forgetting", "options"}
     blob = [{k: v for k, v in cfg.to_dict().items() if k not in skip}, dataclasses.asdict(settings),
-            train_ds.digest, eval_ds.digest if eval_ds else None, _base_id(teacher), student_from]
+            train_ds.digest, eval_ds.digest if eval_ds else None, base_id(teacher), student_from]
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -323,8 +323,3 @@ def _count(model: nn.Module) -> str:
     n = sum(p.numel() for p in model.parameters())
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
-
-def _slug(name: str) -> str:
-    from ..tuning.run import _slug as slug
-
-    return slug(name)

@@ -29,7 +29,7 @@ from ..registry.registry import Registry
 from ..report import reporter
 from ..tuning import loop
 from ..tuning.config import TuneConfig
-from ..tuning.run import _init_distributed, _pad_id
+from ..tuning.run import init_distributed, pad_id
 from ..tuning.tasks import TASKS
 from . import common, pairs
 
@@ -88,7 +88,7 @@ def dpo(cfg: TuneConfig, settings: DPOConfig | None = None, registry: Registry |
         resume: bool = False) -> common.AlignResult:
     settings = settings or DPOConfig()
     reg = registry or Registry()
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     cfg = common.with_lr(cfg, LEARNING_RATES)
     train_ds, eval_ds = common.read_pairs(cfg)
     task = TASKS["causal"]
@@ -96,7 +96,7 @@ def dpo(cfg: TuneConfig, settings: DPOConfig | None = None, registry: Registry |
     ctx = common.context(opened.base, cfg)
     train_pairs = pairs.encode(train_ds, ctx)
     eval_pairs = pairs.encode(eval_ds, ctx) if eval_ds else []
-    pad = _pad_id(opened.base.tokenizer)
+    pad = pad_id(opened.base.tokenizer)
     model = opened.model
     with reporter().progress("reference log-probabilities", None):
         ref_train = pairs.score_pairs(model, train_pairs, cfg.batch_size, pad, pairs.sequence_logps)

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import FormatError
 from ..tuning import data as tdata
 from ..tuning.batches import Batch, Row, collate
-from ..tuning.tasks import IGNORE, Context, Example, _inner, encode_causal
+from ..tuning.tasks import IGNORE, Context, Example, unwrap, encode_causal
 
 FIELDS = ("prompt", "chosen", "rejected")
 SHAPE = "preference"
@@ -124,7 +124,7 @@ def sequence_logps(model: nn.Module, batch: dict) -> torch.Tensor:
     keep[:, :-1] = labels[:, 1:] != IGNORE                           # positions that predict a label
     target = labels[:, 1:][keep[:, :-1]]                             # [K]
     rows = keep.nonzero(as_tuple=True)[0]                            # [K] row of each kept position
-    if "logits_to_keep" in _signature(_inner(model)):
+    if "logits_to_keep" in _signature(unwrap(model)):
         # logits only where an answer token is predicted (as tuning.tasks.causal_loss does)
         logits = model(**inputs, logits_to_keep=keep).logits        # [K, V]
     else:

@@ -31,7 +31,7 @@ from ..report import reporter
 from ..tuning import loop
 from ..tuning.batches import Row, collate
 from ..tuning.config import TuneConfig
-from ..tuning.run import _init_distributed, _pad_id, load_tuned
+from ..tuning.run import init_distributed, pad_id, load_tuned
 from ..tuning.tasks import TASKS, Context
 from . import common, pairs
 
@@ -74,7 +74,7 @@ def evaluator(batches: pairs.PairBatches):
 
 def reward(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False) -> common.AlignResult:
     reg = registry or Registry()
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     cfg = common.with_lr(cfg, LEARNING_RATES)
     train_ds, eval_ds = common.read_pairs(cfg)
     task = TASKS["classification"]
@@ -82,7 +82,7 @@ def reward(cfg: TuneConfig, registry: Registry | None = None, resume: bool = Fal
     ctx = common.context(opened.base, cfg)
     train_pairs = pairs.encode(train_ds, ctx)
     eval_pairs = pairs.encode(eval_ds, ctx) if eval_ds else []
-    pad = _pad_id(opened.base.tokenizer)
+    pad = pad_id(opened.base.tokenizer)
     model = opened.model
     batches = pairs.PairBatches(train_pairs, cfg.batch_size, pad, cfg.seed, rank=rank, world=world)
     evaluate = evaluator(pairs.PairBatches(eval_pairs, cfg.batch_size, pad, shuffle=False)) if eval_pairs else None
@@ -116,7 +116,7 @@ def score(name: str, prompt: str, candidates: list[str], registry: Registry | No
         raise OficinaError(f"{tuned.entry.ref} is not a reward model (oficina reward trains one)")
     m = tuned.entry.manifest
     ctx = Context(tuned.tokenizer, max_length=1 << 20, system=m.system, messages=tuple(m.messages))
-    pad = _pad_id(tuned.tokenizer)
+    pad = pad_id(tuned.tokenizer)
     device = next(tuned.model.parameters()).device
     out: list[float] = []
     for s in range(0, len(candidates), batch_size):

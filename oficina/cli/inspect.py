@@ -84,7 +84,7 @@ def predict(args) -> None:
         tab.add_row(str(k.rank), json.dumps(k.text, ensure_ascii=False), str(k.id), f"{k.logit:.2f}",
                     f"{100 * k.prob:.2f}%", f"{100 * k.prob_after:.2f}%" if k.prob_after else "-", bar)
     c.print(tab, markup=False)
-    c.print(f"P: the model's softmax; P AFTER: what sampling draws from (- = removed)", markup=False)
+    c.print("P: the model's softmax; P AFTER: what sampling draws from (- = removed)", markup=False)
     c.print(f"entropy {p.entropy:.2f} bits before the parameters (as uncertain as "
             f"{2 ** p.entropy:.1f} equally likely tokens), {p.entropy_after:.2f} bits after; "
             f"{p.kept} of {p.vocab_size} tokens can be drawn", markup=False)

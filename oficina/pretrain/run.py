@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from ..errors import InvalidOptions, OficinaError
 from ..registry.registry import Entry, Registry
 from ..report import reporter
 from ..tuning import loop
-from ..tuning.run import _init_distributed
+from ..tuning.run import init_distributed, slug
 from .blocks import BlockBatches
 from .config import LOOP_FIELDS, PretrainConfig
 from .corpus import Corpus, Tokens, held_out, tokenize, tokenizer_digest, unigram_perplexity
@@ -85,12 +84,12 @@ def check_vocab(cfg: PretrainConfig, tok, source: str) -> PretrainConfig:
 def prepare(cfg: PretrainConfig, data: str | Path, out: str | None = None,
             registry: Registry | None = None, tokenizer: str | None = None) -> Plan:
     reg = registry or Registry()
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     corpus = Corpus.open(data)
     eval_corpus = Corpus.open(cfg.train.eval) if cfg.train.eval else None
     fam = family(cfg.arch.family)
     obj = objective(fam.objective)
-    run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else reg.home / "runs" / _slug(
+    run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else reg.home / "runs" / slug(
         out or f"pretrain-{cfg.arch.family}")
     ref = tokenizer or cfg.tokenizer
     if ref:
@@ -141,7 +140,7 @@ def pretrain(plan: Plan, resume: bool = False) -> PretrainResult:
     from ..models.loader import device
 
     cfg, obj, sp, tok = plan.config, plan.objective, plan.special, plan.tokenizer
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     length, seed = cfg.train.max_length, cfg.train.seed
     if rank == 0:
         tokens = tokenize(plan.corpus, tok, plan.run_dir / "tokens", cfg.train.val_split, seed, plan.eval_corpus)
@@ -298,7 +297,3 @@ def register_folder(reg: Registry, name: str, folder: Path, parent: str | None, 
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"

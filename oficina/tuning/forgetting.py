@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from importlib import resources
-from pathlib import Path
 
 import torch
 from torch import nn

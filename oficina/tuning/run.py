@@ -21,10 +21,10 @@ from torch import nn
 
 from .. import __version__
 from ..errors import OficinaError
-from ..registry.manifest import FileRef, Manifest
+from ..registry.manifest import Manifest
 from ..registry.registry import Entry, Registry
 from ..report import reporter
-from . import attach, data, dropout, forgetting, frozen, loop, tasks
+from . import attach, attention, data, dropout, forgetting, frozen, loop, tasks
 from .batches import Batches
 from .config import TuneConfig
 from .method import META, Method, adapter_meta, get
@@ -73,7 +73,7 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
         raise OficinaError("no base model: give BASE (a registry name or model folder)")
     if not cfg.data:
         raise OficinaError("no training data: give --data FILE (.jsonl, .txt or .csv)")
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     reg = registry or Registry()
 
     train_ds = data.read(cfg.data)
@@ -109,23 +109,25 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
         model.config.use_cache = False
     torch.manual_seed(cfg.seed)  # the method's initial weights (LoRA's A, adapters) follow the seed
     names = frozen.base_names(model)
+    bf16 = cfg.precision == "bf16"
+    attn = attention.use(model) if bf16 else None
     model = method.apply(model, method_cfg, task)
     dropout.speed_up(model)
     merged = bool(base.manifest and base.manifest.adapters)  # the files no longer hold these weights
-    lowered = frozen.lower(model, base.folder, names) if cfg.precision == "bf16" and not merged else None
+    lowered = frozen.lower(model, base.folder, names) if bf16 and not merged else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = _count_weights(model)
 
-    pad_id = _pad_id(base.tokenizer)
-    batches = Batches(train_ex, cfg.batch_size, pad_id, cfg.seed, group_by_length=cfg.group_by_length,
+    pad = pad_id(base.tokenizer)
+    batches = Batches(train_ex, cfg.batch_size, pad, cfg.seed, group_by_length=cfg.group_by_length,
                       packing=cfg.max_length if cfg.packing and task.packable else None,
                       rank=rank, world=world)
-    evaluate = _evaluator(task, Batches(eval_ex, cfg.batch_size, pad_id, shuffle=False)) if eval_ex else None
-    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / _slug(
+    evaluate = _evaluator(task, Batches(eval_ex, cfg.batch_size, pad, shuffle=False)) if eval_ex else None
+    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / slug(
         cfg.out or f"{Path(cfg.base).name}-{cfg.method}")
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = hashlib.sha256(json.dumps(
-        [cfg.fingerprint(), train_ds.digest, eval_ds.digest if eval_ds else None, _base_id(base)]
+        [cfg.fingerprint(), train_ds.digest, eval_ds.digest if eval_ds else None, base_id(base)]
     ).encode()).hexdigest()[:16]
     reporter().note(f"{method.name} on {base.ref} ({task.name}): {trainable:,} of {total:,} parameters "
                     f"train ({100 * trainable / total:.3g}%); {len(train_ex)} training and "
@@ -134,17 +136,18 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
                         fingerprint=fingerprint)
     if lowered:
         lowered.restore()
+    attention.restore(tasks.unwrap(model), attn)
     ppl_after = forgetting.perplexity(model, base.tokenizer, check_text, window) if check_text else None
 
     artifact = run_dir / ("adapter" if method.artifact == "adapter" else "model")
     out = TuneResult(cfg, method.name, task.name, run_dir, artifact, trainable, total, 0, result,
                      ppl_before, ppl_after)
     if rank == 0:
-        _save(model, method, base, task, labels, artifact)
+        save_artifact(model, method, base, task, labels, artifact)
         out.artifact_bytes = sum(p.stat().st_size for p in artifact.iterdir() if p.suffix == ".safetensors")
         out.metrics = _metrics(out)
         if cfg.out:
-            out.entry = _register(reg, cfg, base, method, task, artifact, train_ds, eval_ds, out.metrics)
+            out.entry = register(reg, cfg, base, method, task, artifact, train_ds, eval_ds, out.metrics)
     return out
 
 
@@ -217,7 +220,7 @@ def model_for(base: Base, task: tasks.Task, labels: tuple[str, ...] = ()) -> nn.
     if base.model is not None and task.auto_class == AUTO_CLASSES[base.info.kind]:
         model, base.model = base.model, None  # hand over the loaded one (training changes it)
         return model
-    return tasks.load_model(task, base.folder, labels, pad_id=_pad_id(base.tokenizer))
+    return tasks.load_model(task, base.folder, labels, pad_id=pad_id(base.tokenizer))
 
 
 def _count_weights(model: nn.Module) -> int:
@@ -228,23 +231,23 @@ def _count_weights(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) + quantized
 
 
-def _pad_id(tok) -> int:
+def pad_id(tok) -> int:
     for i in (tok.pad_token_id, tok.eos_token_id, 0):
         if i is not None:
             return int(i)
     return 0
 
 
-def _base_id(base: Base) -> str:
+def base_id(base: Base) -> str:
     return base.entry.digest if base.entry else str(Path(base.source).resolve())
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
 
 
 # -- distributed ------------------------------------------------------------------------------------
-def _init_distributed() -> tuple[int, int]:
+def init_distributed() -> tuple[int, int]:
     """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (gloo on CPU, nccl on GPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
@@ -257,7 +260,7 @@ def _init_distributed() -> tuple[int, int]:
 
 
 # -- saving and registering -------------------------------------------------------------------------
-def _save(model: nn.Module, method: Method, base: Base, task, labels, folder: Path) -> None:
+def save_artifact(model: nn.Module, method: Method, base: Base, task, labels, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
         inner = getattr(model, "module", model)
@@ -288,8 +291,10 @@ def _base_manifest(reg: Registry, base: Base) -> tuple[Manifest, str | None]:
     return manifest, None
 
 
-def _register(reg: Registry, cfg: TuneConfig, base: Base, method: Method, task, artifact: Path,
-              train_ds, eval_ds, metrics: dict) -> Entry:
+def register(reg: Registry, cfg: TuneConfig, base: Base, method: Method, task, artifact: Path,
+             train_ds, eval_ds, metrics: dict, op: str = "tune", extra: dict | None = None) -> Entry:
+    """Register ``artifact`` as ``cfg.out``: an adapter stacked on its base's manifest, or a whole
+    model; the lineage names ``op`` (tune, dpo, reward...) with ``extra`` producer fields."""
     from ..models.info import describe
     from ..registry.sources import collect_files, store_files
 
@@ -309,20 +314,21 @@ def _register(reg: Registry, cfg: TuneConfig, base: Base, method: Method, task, 
                             messages=list(base_manifest.messages), license=list(base_manifest.license))
         manifest.details = {**describe(reg.snapshot_for(manifest), fmt).summary(), "tuning": tuning}
     producer = {
-        "op": "tune", "method": method.name, "task": task.name,
+        "op": op, "method": method.name, "task": task.name,
         "base": {"ref": base.entry.ref if base.entry else str(base.source),
                  "digest": base.entry.digest if base.entry else "sha256:" + hashlib.sha256(
                      base_manifest.to_json()).hexdigest()},
         "hyperparameters": cfg.recipe(),
-        "data": {"train": _data_lineage(train_ds),
-                 "eval": _data_lineage(eval_ds) if cfg.eval else (
+        "data": {"train": data_lineage(train_ds),
+                 "eval": data_lineage(eval_ds) if cfg.eval else (
                      {"held_out_of_train": cfg.val_split, "records": len(eval_ds)} if eval_ds else None)},
         "oficina": __version__,
+        **(extra or {}),
     }
     return reg.add(cfg.out, manifest, parent=parent, producer=producer, metrics=metrics)
 
 
-def _data_lineage(ds) -> dict:
+def data_lineage(ds) -> dict:
     return {"path": str(ds.path), "digest": ds.digest, "records": len(ds), "shape": ds.shape}
 
 

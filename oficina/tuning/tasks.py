@@ -174,7 +174,7 @@ def encode(ds: Dataset, task: Task, ctx: Context) -> list[Example]:
 
 
 # -- losses ---------------------------------------------------------------------------------------
-def _inner(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The model under DDP and peft wrappers."""
     model = getattr(model, "module", model)  # DistributedDataParallel
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -192,7 +192,7 @@ def causal_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     # No KV cache while training: it is never read, costs memory, and its presence turns off
     # transformers' packed-sequence masking (masking_utils._preprocess_mask_arguments).
     inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}
-    if _shifts_positions(model) or "logits_to_keep" not in inspect.signature(_inner(model).forward).parameters:
+    if _shifts_positions(model) or "logits_to_keep" not in inspect.signature(unwrap(model).forward).parameters:
         return model(**inputs, labels=labels).loss
     # Logits only where a next token is trained (transformers' boolean ``logits_to_keep``,
     # modeling_utils.slice_logits_to_keep): with loss on the answers only this skips most of
@@ -211,7 +211,7 @@ def model_loss(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 def _is_seq2seq(model: nn.Module) -> bool:
-    return bool(getattr(_inner(model).config, "is_encoder_decoder", False))
+    return bool(getattr(unwrap(model).config, "is_encoder_decoder", False))
 
 
 def accuracy(model: nn.Module, batch: dict) -> dict[str, float]:
