@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -345,7 +346,8 @@ BAD = [
     ("bad.jsonl", '{"text": "a", "label": "pos"}\n{"text": "", "label": "neg"}\n', r"bad\.jsonl:2: field 'text' is empty"),
     ("bad.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n', r"bad\.jsonl:1: the conversation has no assistant"),
     ("bad.jsonl", '[1, 2]\n', r"bad\.jsonl:1: expected a JSON object"),
-    ("bad.jsonl", '{"prompt": "x"}\n', r"bad\.jsonl:1: unknown record"),
+    ("bad.jsonl", '{"prompt": "x"}\n', r"bad\.jsonl:1: missing field 'chosen' \(preference records need"),
+    ("odd.jsonl", '{"question": "x"}\n', r"odd\.jsonl:1: unknown record"),
     ("bad.jsonl", "\n\n", r"bad\.jsonl: no records"),
     ("bad.csv", "text,label\ngood,pos\nbad,neg,extra\n", r"bad\.csv:3: expected 2 columns"),
     ("bad.parquet", "x", r"unknown data format \.parquet"),
@@ -379,6 +381,9 @@ def test_wrong_shape_for_task(tmp_path):
     ds = tdata.read(_write_jsonl(tmp_path / "pairs.jsonl", [{"input": "a", "target": "b"}]))
     with pytest.raises(FormatError, match="pair records cannot train a causal model"):
         tasks.encode(ds, tasks.TASKS["causal"], tasks.Context(tiny.tokenizer(), 16))
+    prefs = tdata.read(_write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}]))
+    with pytest.raises(FormatError, match="preference records cannot train a causal model.*oficina dpo"):
+        tasks.encode(prefs, tasks.TASKS["causal"], tasks.Context(tiny.tokenizer(), 16))
 
 
 def test_validation_split_is_seeded():
@@ -422,6 +427,9 @@ def test_cli_tune_run_merge(bases, datafiles, home, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "registered" in out and "cli-lora version 1" in out
     assert main(["run", "cli-lora", "Where does the cat sleep?", "--num-predict", "4", "--temperature", "0"]) == 0
+    capsys.readouterr()
+    assert main(["show", "cli-lora"]) == 0
+    assert re.search(r"adapters .*\n\s+0\s+lora\s+\d", capsys.readouterr().out)
     assert main(["merge", "cli-lora", "--out", "cli-merged"]) == 0
     assert "merged lora into cli-merged version 1" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
@@ -477,3 +485,27 @@ def test_torchrun_two_process_gloo(bases, datafiles, home, tmp_path):
     e = Registry(home).get("ddp")
     # 22 training examples / batch 2 = 11 micro-batches, split over 2 ranks -> 6 steps
     assert e.metrics["steps"] == 6 and e.producer["method"] == "lora"
+
+
+def test_prefix_starts_as_its_init_text(bases):
+    """The prefix begins as the model's own keys and values for init_text: the prefixed model's
+    logits are the base model's logits for init_text + input."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oficina.tuning import prefix
+
+    folder = bases["llama"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    text = "the cat sleeps on the sofa"
+    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    base = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = prefix.apply(AutoModelForCausalLM.from_pretrained(folder),
+                         prefix.PrefixConfig(num_virtual_tokens=n, init_text=text), tasks.TASKS["causal"]).eval()
+    ids = torch.tensor([tok("where is the dog", add_special_tokens=False)["input_ids"]])
+    init = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        ref = base(input_ids=torch.cat([init, ids], 1)).logits[:, n:]
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InvalidOptions, match="projection"):
+        prefix.PrefixConfig(projection=True, init_text="hello")

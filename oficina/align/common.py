@@ -122,9 +122,9 @@ def publish(r: AlignResult, opened: Opened, task: tasks.Task, labels: tuple[str,
             train: data.Dataset, eval_: data.Dataset | None, extra: dict[str, Any]) -> None:
     """Save what changed (an adapter, or a whole model) and register it as a tuning run does,
     with ``op`` and ``extra`` in its lineage."""
-    from ..pretrain.run import quiet_save
+    from ..models.loader import no_tqdm
 
-    with quiet_save():
+    with no_tqdm():
         save_artifact(opened.model, opened.method, opened.base, task, labels, r.artifact)
     if r.config.out:
         r.entry = register(reg, r.config, opened.base, opened.method, task, r.artifact, train, eval_,

@@ -271,7 +271,7 @@ def distill(cfg: TuneConfig, student: str, settings: DistillConfig | None = None
                     f"{len(train_ex)} training and {len(eval_ex)} held-out examples")
     fingerprint = _fingerprint(cfg, settings, train_ds, eval_ds, teacher_base, student_from)
     result = loop.train(model, batches, cfg, run_dir, loss_fn(teacher, settings), evaluate, resume=resume,
-                        fingerprint=fingerprint)
+                        fingerprint=fingerprint, label="distill")
     after = result.val or evaluate_now(evaluate, model)
     teacher_side = side(teacher_base.ref, teacher, 0.0)
     student_side = side(student_name, model, after.get("kl"))

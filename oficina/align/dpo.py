@@ -111,9 +111,8 @@ def dpo(cfg: TuneConfig, settings: DPOConfig | None = None, registry: Registry |
                     f"{opened.trainable:,} of {opened.parameters:,} parameters train; {len(train_pairs)} "
                     f"training and {len(eval_pairs)} held-out pairs"
                     + (f"; held-out preference accuracy before {before['accuracy']:.1%}" if before else ""))
-    result = loop.train(model, batches, dataclasses.replace(cfg, method="dpo"), run_dir, loss_fn(settings),
-                        evaluate, resume=resume, fingerprint=common.fingerprint(cfg, settings, train_ds, eval_ds,
-                                                                                opened.base))
+    result = loop.train(model, batches, cfg, run_dir, loss_fn(settings), evaluate, resume=resume, label="dpo",
+                        fingerprint=common.fingerprint(cfg, settings, train_ds, eval_ds, opened.base))
     artifact = run_dir / ("adapter" if opened.method.artifact == "adapter" else "model")
     r = common.AlignResult("dpo", cfg, opened.method.name, run_dir, artifact, opened.trainable, opened.parameters,
                            result, before, dict(result.val), dataclasses.asdict(settings))

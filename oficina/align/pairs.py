@@ -8,7 +8,6 @@ same micro-batch (chosen rows first, then rejected rows in the same order).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,49 +19,31 @@ from torch import nn
 from ..errors import FormatError
 from ..tuning import data as tdata
 from ..tuning.batches import Batch, Row, collate
-from ..tuning.tasks import IGNORE, Context, Example, unwrap, encode_causal
+from ..tuning.tasks import IGNORE, Context, Example, encode_causal, unwrap
 
-FIELDS = ("prompt", "chosen", "rejected")
+FIELDS = tdata.SHAPES["preference"][0]
 SHAPE = "preference"
 Pair = tuple[Example, Example]  # (chosen, rejected)
 
 
 def read(path: str | Path) -> tdata.Dataset:
-    """The pairs of a .jsonl or .csv file as a ``tuning.data.Dataset`` of shape "preference"
-    (so ``data.split`` and the registry lineage treat it like any training file)."""
+    """The pairs of a .jsonl or .csv file: ``tuning.data`` reads and checks the records (so
+    ``data.split`` and the registry lineage treat it like any training file); a pair whose two
+    answers are the same is refused, since it teaches no preference."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FormatError(f"{path}: no such preference file")
-    readers = {".jsonl": tdata._jsonl, ".csv": tdata._csv}
-    if p.suffix.lower() not in readers:
+    if p.suffix.lower() not in (".jsonl", ".csv"):
         raise FormatError(f"{p}: preference pairs come in .jsonl or .csv (got {p.suffix or 'no suffix'})")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise FormatError(f"{p}:{line}: not valid UTF-8") from None
-    records, same = [], []
-    for fields, where in readers[p.suffix.lower()](p, text):
-        for f in FIELDS:
-            if f not in fields:
-                raise FormatError(f"{where}: missing field {f!r} (preference records need "
-                                  f"{', '.join(FIELDS)})")
-            if not isinstance(fields[f], str):
-                raise FormatError(f"{where}: field {f!r} must be a string (got {type(fields[f]).__name__})")
-            if not fields[f].strip():
-                raise FormatError(f"{where}: field {f!r} is empty")
-        if fields["chosen"].strip() == fields["rejected"].strip():
-            same.append(where)
-        records.append(tdata.Record({f: fields[f] for f in FIELDS}, where))
+    ds = tdata.read(p)
+    if ds.shape != SHAPE:
+        raise FormatError(f"{ds.records[0].where}: {ds.shape} records are not preference pairs; "
+                          f"expected {{{', '.join(FIELDS)}}}")
+    same = [r.where for r in ds.records if r.fields["chosen"].strip() == r.fields["rejected"].strip()]
     if same:
         more = f" (and {len(same) - 1} more: {', '.join(w.rsplit(':', 1)[1] for w in same[1:6])}" \
                f"{', ...' if len(same) > 6 else ''})" if len(same) > 1 else ""
         raise FormatError(f"{same[0]}: chosen and rejected are the same answer{more}; a pair with no "
                           f"difference teaches no preference: fix or remove it")
-    if not records:
-        raise FormatError(f"{p}: no preference pairs (the file is empty)")
-    return tdata.Dataset(p, SHAPE, records, "sha256:" + hashlib.sha256(raw).hexdigest())
+    return ds
 
 
 def encode(ds: tdata.Dataset, ctx: Context) -> list[Pair]:

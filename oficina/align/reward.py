@@ -18,7 +18,6 @@ data and for checking what a DPO run learned.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -91,9 +90,8 @@ def reward(cfg: TuneConfig, registry: Registry | None = None, resume: bool = Fal
     reporter().note(f"reward model ({opened.method.name}) on {opened.base.ref}: {opened.trainable:,} of "
                     f"{opened.parameters:,} parameters train; {len(train_pairs)} training and "
                     f"{len(eval_pairs)} held-out pairs")
-    result = loop.train(model, batches, dataclasses.replace(cfg, method="reward"), run_dir, loss, evaluate,
-                        resume=resume, fingerprint=common.fingerprint(cfg, RewardConfig(), train_ds, eval_ds,
-                                                                      opened.base))
+    result = loop.train(model, batches, cfg, run_dir, loss, evaluate, resume=resume, label="reward",
+                        fingerprint=common.fingerprint(cfg, RewardConfig(), train_ds, eval_ds, opened.base))
     artifact = run_dir / ("adapter" if opened.method.artifact == "adapter" else "model")
     r = common.AlignResult("reward", cfg, opened.method.name, run_dir, artifact, opened.trainable,
                            opened.parameters, result, before, dict(result.val))

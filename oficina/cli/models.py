@@ -111,10 +111,10 @@ def show(args) -> None:
                  template=m.template, system=m.system, adapters=[a.path for a in m.adapters])
         print(json.dumps(d, indent=2))
         return
-    _print_info(entry, info, params)
+    _print_info(entry, info, params, reg)
 
 
-def _print_info(entry, info, params) -> None:
+def _print_info(entry, info, params, reg=None) -> None:
     from rich.table import Table
 
     c = console()
@@ -148,9 +148,35 @@ def _print_info(entry, info, params) -> None:
         p.add_row(f"  {k}", json.dumps(v) if isinstance(v, list) else str(v),
                   "*" if k in entry.manifest.params else "")
     c.print(p)
+    if entry.manifest.adapters and reg is not None:
+        c.print("\n[bold]adapters[/] (applied on top of the weights above, in order)")
+        a = Table(box=None, pad_edge=False, show_header=False)
+        for index, kind, size in _adapters(entry, reg):
+            a.add_row(f"  {index}", kind, human(size))
+        c.print(a)
     if entry.manifest.system:
         c.print("\n[bold]system[/]")
         c.print(f"  {entry.manifest.system}", markup=False)
+
+
+def _adapters(entry, reg) -> list[tuple[str, str, int]]:
+    """(index, method, bytes) of each adapter a registry model stacks on its weights."""
+    from ..errors import OficinaError
+    from ..tuning.method import method_of_adapter
+
+    sizes: dict[str, int] = {}
+    for f in entry.manifest.adapters:
+        index = f.path.split("/", 1)[0]
+        sizes[index] = sizes.get(index, 0) + f.size
+    out = []
+    for index, size in sizes.items():
+        folder = reg.snapshot(entry) / "adapters" / index
+        try:
+            kind = "gguf lora" if (folder / "adapter.gguf").is_file() else method_of_adapter(folder)
+        except OficinaError:
+            kind = "unknown"
+        out.append((index, kind, size))
+    return out
 
 
 def register(sub) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from ..errors import FormatError, OficinaError
+from ..formats import records
 
 BUILTIN = "builtin"
 
@@ -171,22 +172,8 @@ class At:
 def read_jsonl(path: Path, check: Callable[[dict, At], Any]) -> list[Any]:
     """Parse a JSONL task file; ``check(obj, err)`` validates one object and returns the item,
     raising ``err(message)``, a FormatError that names the file and line."""
-    items = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        err = At(f"{path}:{n}")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise err(f"not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise err(f"expected a JSON object, got {type(obj).__name__}")
-        items.append(check(obj, err))
+    text = records.decode(path, path.read_bytes())
+    items = [check(obj, At(where)) for obj, where in records.jsonl(path, text)]
     if not items:
         raise FormatError(f"{path}: no items")
     return items

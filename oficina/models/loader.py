@@ -128,14 +128,20 @@ def no_tqdm():
     import functools
 
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
 
-    # tqdm reads TQDM_DISABLE only at import, so the module's own name is swapped for the call.
+    # tqdm reads TQDM_DISABLE only at import, so the module's own name is swapped for the call;
+    # the shard writer uses transformers' switchable tqdm
     original = gguf_utils.tqdm
     gguf_utils.tqdm = functools.partial(original, disable=True)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         gguf_utils.tqdm = original
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _quiet_transformers() -> None:

@@ -5,7 +5,6 @@ checkpoints, resume, NaN stop, Ctrl-C, torchrun) and registers the result with i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -181,7 +180,7 @@ def pretrain(plan: Plan, resume: bool = False) -> PretrainResult:
                     f"validation tokens; unigram perplexity {unigram:.1f}; run folder {plan.run_dir}")
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     result = loop.train(model, batches, loop_cfg, plan.run_dir, obj.loss, evaluate, resume=resume,
-                        fingerprint=fingerprint)
+                        fingerprint=fingerprint, label="pretrain")
     out = PretrainResult(plan, model, result, plan.run_dir / "model", tokens, unigram, ppl_init)
     if rank == 0:
         save_model(model, tok, cfg.arch.context_length, out.folder)
@@ -245,11 +244,13 @@ def _producer(r: PretrainResult, fingerprint: str) -> dict[str, Any]:
 # -- saving and registering -------------------------------------------------------------------------
 def save_model(model: nn.Module, tok, context_length: int | None, folder: Path) -> Path:
     """The model and its tokenizer as a Hugging Face folder, written atomically."""
+    from ..models.loader import no_tqdm
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
-        with quiet_save():
+        with no_tqdm():
             getattr(model, "module", model).save_pretrained(str(tmp), safe_serialization=True)
         if context_length:
             tok.model_max_length = context_length
@@ -261,24 +262,6 @@ def save_model(model: nn.Module, tok, context_length: int | None, folder: Path) 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-@contextlib.contextmanager
-def quiet_save():
-    """transformers' ``save_pretrained`` draws a tqdm bar of its own ("Writing model shards"),
-    which ``models.loader.no_tqdm`` does not cover; ours are the only bars."""
-    from transformers.utils import logging as hf_logging
-
-    from ..models.loader import no_tqdm
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with no_tqdm():
-            yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def register_folder(reg: Registry, name: str, folder: Path, parent: str | None, producer: dict,

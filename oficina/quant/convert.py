@@ -61,7 +61,10 @@ def _unpack(snap: Path, out: Path) -> Path:
     model.float()
     delattr(model.config, KEY)
     model.config.dtype = "float32"
-    model.save_pretrained(out)
+    from ..models.loader import no_tqdm
+
+    with no_tqdm():
+        model.save_pretrained(out)
     transformers.AutoTokenizer.from_pretrained(str(snap)).save_pretrained(out)
     return out
 

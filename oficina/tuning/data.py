@@ -9,24 +9,25 @@ first record:
     chat         {"messages": [{"role", "content"}, ...]}  rendered with the model's chat template
     pair         {"input", "target"}                       seq2seq
     labelled     {"text", "label"}                         sequence classification
+    preference   {"prompt", "chosen", "rejected"}          DPO and reward models (``align``)
 
 Everything wrong with a file is an error naming ``file:line``; nothing is skipped silently.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import FormatError
+from ..formats import records
 
 # shape -> (required fields, optional fields), in detection order
 SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "preference": (("prompt", "chosen", "rejected"), ()),
     "chat": (("messages",), ()),
     "instruction": (("instruction", "output"), ("input",)),
     "pair": (("input", "target"), ()),
@@ -67,20 +68,15 @@ def read(path: str | Path) -> Dataset:
         raise FormatError(f"{p}: unknown data format {suffix or '(no suffix)'}; "
                           f"expected {', '.join(SUFFIXES)}")
     raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise FormatError(f"{p}:{line}: not valid UTF-8") from None
-    items = {".txt": _txt, ".jsonl": _jsonl, ".csv": _csv}[suffix](p, text)
-    records, shape = [], None
+    items = READERS[suffix](p, records.decode(p, raw))
+    out, shape = [], None
     for fields, where in items:
         if shape is None:
             shape = _detect(fields, where)
-        records.append(Record(_check(fields, shape, where), where))
-    if not records:
+        out.append(Record(_check(fields, shape, where), where))
+    if not out:
         raise FormatError(f"{p}: no records (the file is empty)")
-    return Dataset(p, shape, records, "sha256:" + hashlib.sha256(raw).hexdigest())
+    return Dataset(p, shape, out, "sha256:" + hashlib.sha256(raw).hexdigest())
 
 
 def split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -114,35 +110,7 @@ def _txt(p: Path, text: str) -> Iterator[tuple[dict, str]]:
         yield {"text": "\n".join(para)}, f"{p}:{start}"
 
 
-def _jsonl(p: Path, text: str) -> Iterator[tuple[dict, str]]:
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise FormatError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
-        yield obj, f"{p}:{n}"
-
-
-def _csv(p: Path, text: str) -> Iterator[tuple[dict, str]]:
-    reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames:
-        return
-    header = [f.strip() for f in reader.fieldnames]
-    reader.fieldnames = header
-    try:
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise FormatError(f"{p}:{reader.line_num}: expected {len(header)} columns "
-                                  f"({', '.join(header)})")
-            if not any(v.strip() for v in row.values()):
-                continue
-            yield dict(row), f"{p}:{reader.line_num}"
-    except csv.Error as e:
-        raise FormatError(f"{p}:{reader.line_num}: not valid CSV ({e})") from None
+READERS = {".txt": _txt, ".jsonl": records.jsonl, ".csv": records.csv_rows}
 
 
 # -- validation -----------------------------------------------------------------------------------

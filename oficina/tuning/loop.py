@@ -95,8 +95,11 @@ def _optimizer(params: list[nn.Parameter], cfg: TuneConfig) -> torch.optim.Optim
 def train(model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path,
           loss_fn: Callable[[nn.Module, dict], torch.Tensor],
           evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-          resume: bool = False, fingerprint: str = "") -> Result:
+          resume: bool = False, fingerprint: str = "", label: str | None = None) -> Result:
+    """Train ``model``; ``label`` names the run in the progress bar and the loss curve
+    (default: the recipe's method)."""
     rank, world = _dist()
+    label = label or cfg.method
     if len(batches) == 0:
         raise OficinaError("no training batches: the training data is empty")
     device = next(model.parameters()).device
@@ -142,7 +145,7 @@ def train(model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path,
             from .plot import loss_curve
 
             loss_curve(st["history"], st["val_history"], Path(run_dir) / "loss.png",
-                       title=f"{cfg.method} on {Path(cfg.base).name or cfg.base}")
+                       title=f"{label} on {Path(cfg.base).name or cfg.base}")
         if world > 1:
             torch.distributed.barrier()
         return path
@@ -162,7 +165,7 @@ def train(model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path,
     model.train()
     wall0 = time.perf_counter()
     val: dict[str, float] = {}
-    with stop, peak, reporter().progress(f"{cfg.method}: training", total) as bar:
+    with stop, peak, reporter().progress(f"{label}: training", total) as bar:
         bar.advance(st["step"])
         while st["step"] < total:
             micro_batches = batches.epoch(st["epoch"], st["micro"])
@@ -211,7 +214,7 @@ def train(model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path,
                 st["history"].append({"step": st["step"], "epoch": st["epoch"], "loss": loss_sum,
                                       "lr": lr, "tokens": st["tokens"], "seconds": st["seconds"]})
                 rate = st["tokens"] / st["seconds"] if st["seconds"] else 0.0
-                bar.update(description=f"{cfg.method}: loss {loss_sum:.3f} · {rate:,.0f} tok/s")
+                bar.update(description=f"{label}: loss {loss_sum:.3f} · {rate:,.0f} tok/s")
                 bar.advance(1)
                 epoch_done = st["micro"] >= len(batches)
                 if epoch_done:

@@ -166,7 +166,9 @@ def encode_seq2seq(rec: Record, shape: str, ctx: Context) -> list[Example]:
 def encode(ds: Dataset, task: Task, ctx: Context) -> list[Example]:
     if ds.shape not in task.shapes:
         raise FormatError(f"{ds.path}: {ds.shape} records cannot train a {task.name} model; "
-                          f"expected {' or '.join(task.shapes)} records")
+                          f"expected {' or '.join(task.shapes)} records"
+                          + ("; preference pairs train with `oficina dpo` or `oficina reward`"
+                             if ds.shape == "preference" else ""))
     out = []
     for rec in ds.records:
         out.extend(task.encode(rec, ds.shape, ctx))

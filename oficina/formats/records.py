@@ -1,0 +1,57 @@
+"""Record files from outside (JSON Lines, CSV), read so that every error names ``file:line``.
+
+The one reader behind training data (``tuning.data``), evaluation task files
+(``evaluation.tasks``) and preference pairs (``align.pairs``): each yields ``(fields, where)``
+with ``where = "path:line"`` for the caller's own checks to cite.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import FormatError
+
+
+def decode(path: Path, raw: bytes) -> str:
+    """``raw`` as UTF-8 text, or an error naming the line of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise FormatError(f"{path}:{line}: not valid UTF-8") from None
+
+
+def jsonl(path: Path, text: str) -> Iterator[tuple[dict, str]]:
+    """One JSON object per line; blank lines are skipped."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise FormatError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        yield obj, f"{path}:{n}"
+
+
+def csv_rows(path: Path, text: str) -> Iterator[tuple[dict, str]]:
+    """A header row naming the fields, then one record per row; blank rows are skipped."""
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames:
+        return
+    header = [f.strip() for f in reader.fieldnames]
+    reader.fieldnames = header
+    try:
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise FormatError(f"{path}:{reader.line_num}: expected {len(header)} columns "
+                                  f"({', '.join(header)})")
+            if not any(v.strip() for v in row.values()):
+                continue
+            yield dict(row), f"{path}:{reader.line_num}"
+    except csv.Error as e:
+        raise FormatError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
