@@ -56,8 +56,9 @@ def worker_oficina(args) -> dict:
         c0 = _cpu()
         r = run.tune(cfg)
         cpu = _cpu() - c0
+    losses = [h["loss"] for h in r.loop.history]  # Trainer's training_loss is the mean per step
     return {"tokens": r.loop.tokens, "wall": r.loop.wall_seconds, "step_seconds": r.loop.seconds,
-            "cpu": cpu, "loss": r.loop.history[-1]["loss"], "steps": r.loop.steps}
+            "cpu": cpu, "loss": sum(losses) / len(losses), "steps": r.loop.steps}
 
 
 def worker_peer(args) -> dict:
@@ -143,7 +144,7 @@ def main() -> None:
           f"max_length {args.max_length}; torch {torch.__version__}, transformers {transformers.__version__}, "
           f"peft {peft.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     print(f"{'precision':<9} {'run':<8} {'tokens/s':>9} {'wall s':>8} {'tok/CPU-s':>9} {'peak RSS':>10} "
-          f"{'load avg':>8}")
+          f"{'load avg':>8} {'mean loss':>9}")
     for precision in args.precision.split(","):
         runs = {"oficina": [], "peer": []}
         for i in range(args.repeat):
@@ -154,7 +155,8 @@ def main() -> None:
                 if runs["oficina"] and runs["peer"]:
                     assert runs["oficina"][-1]["tokens"] == runs["peer"][-1]["tokens"], "token counts differ"
                 print(f"{precision:<9} {kind:<8} {r['tokens'] / r['wall']:>9.1f} {r['wall']:>8.1f} "
-                      f"{r['tokens'] / r['cpu']:>9.1f} {r['peak_rss'] / 1e6:>8.0f}MB {os.getloadavg()[0]:>8.1f}",
+                      f"{r['tokens'] / r['cpu']:>9.1f} {r['peak_rss'] / 1e6:>8.0f}MB {os.getloadavg()[0]:>8.1f} "
+                      f"{r['loss']:>9.4f}",
                       flush=True)
         med = {k: (statistics.median(x["tokens"] / x["wall"] for x in v),
                    statistics.median(x["tokens"] / x["cpu"] for x in v),
