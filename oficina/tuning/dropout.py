@@ -28,19 +28,35 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
-        return x * mask(x, self.threshold)
+        keep = mask(x, self.threshold)
+        return _Apply.apply(x, keep, LANES / (LANES - self.threshold))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
 def mask(x: torch.Tensor, threshold: int) -> torch.Tensor:
-    """Zero where dropped, ``1 / keep`` where kept, in ``x``'s shape and dtype."""
+    """True where an element of ``x`` is kept (bool, in ``x``'s shape)."""
     n = x.numel()
     words = torch.empty(-(-n // 3), dtype=torch.int64, device=x.device).random_()
     lanes = words.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[:n].view(x.shape)
-    keep = lanes >= threshold - LANES // 2  # int16 lanes are uniform on [-32768, 32767]
-    return keep.to(x.dtype) * (LANES / (LANES - threshold))
+    return lanes >= threshold - LANES // 2  # int16 lanes are uniform on [-32768, 32767]
+
+
+class _Apply(torch.autograd.Function):
+    """``x * keep * scale`` that keeps only the bool mask for backward (a quarter of an fp32
+    mask's memory, as torch's own dropout keeps)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x * keep * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return grad * keep * ctx.scale, None, None
 
 
 def speed_up(model: nn.Module) -> int:
