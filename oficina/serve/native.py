@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Callable
 import torch
 
 from ..errors import OficinaError
+from ..generation.decoding import Decoding
 from ..options import Options
 from .pool import Pool, Served
 from .scheduler import Failed, Job, Piece
@@ -255,7 +256,8 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
 
         def make(r) -> Sequence:
             processor = GrammarProcessor(compiled, r.vocab_size) if compiled is not None else None
-            return Sequence(model.tokenizer, ids, opts, r.eos_ids, r.context_length, keep, processor)
+            return Sequence(Decoding(opts, model.tokenizer, r.eos_ids, ids, r.context_length, keep,
+                                     processor=processor))
 
         loop = asyncio.get_running_loop()
         timeout = server.request_timeout

@@ -52,11 +52,11 @@ def model_bytes(torch_model) -> int:
 
 
 def open_runner(model, slots: int):
-    """The runner the scheduler drives for ``model`` (an ``api.Model``)."""
-    from .stopgap_runner import StopgapRunner
+    """The runner the scheduler drives for ``model`` (an ``api.Model``), with ``slots``
+    sequences live at once."""
+    from ..generation.hf_runner import TransformersRunner
 
-    return StopgapRunner(model.torch_model, model._eos_ids(), model.info.context_length or 0,
-                         model.torch_model.config.vocab_size, slots=slots)
+    return TransformersRunner(model.torch_model, model._eos_ids(), model.info.context_length, max_batch=slots)
 
 
 @dataclass

@@ -184,7 +184,7 @@ class Scheduler:
             job.started_at = time.monotonic()
             self._live[slot] = (job, seq)
             try:
-                seq.start(self.runner.prefill(slot, seq.prompt, reused), job)
+                seq.start(self.runner.prefill(slot, seq.prompt, reused), job, reused)
             except Exception as e:
                 self._finish(slot, job, Failed(e))
 

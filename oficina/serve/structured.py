@@ -3,7 +3,7 @@ answer always parses and validates.
 
 The grammar engine is xgrammar (Dong et al. 2024, arXiv:2411.15100): it compiles the schema to a
 pushdown automaton once per request and fills a vocabulary bitmask per token in microseconds; the
-mask is applied before sampling (``sequence.LogitsProcessor``). Chosen over lm-format-enforcer by
+mask is applied before sampling (``generation.decoding.LogitsProcessor``). Chosen over lm-format-enforcer by
 measurement (``bench/bench_grammar.py``: per-token mask time on smollm2's 49k vocabulary).
 
 xgrammar quietly ignores some JSON-Schema keywords (it logs "not supported ... ignoring"). An
@@ -107,7 +107,7 @@ class Grammars:
 
 
 class GrammarProcessor:
-    """``sequence.LogitsProcessor`` over one compiled grammar (one per sequence)."""
+    """``decoding.LogitsProcessor`` over one compiled grammar (one per sequence)."""
 
     def __init__(self, compiled, vocab_size: int):
         import xgrammar as xgr
@@ -116,7 +116,7 @@ class GrammarProcessor:
         self.matcher = xgr.GrammarMatcher(compiled)
         self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         self.matcher.fill_next_token_bitmask(self.bitmask)
         out = logits.clone().unsqueeze(0)                       # [1, V]
         self._xgr.apply_token_bitmask_inplace(out, self.bitmask)
