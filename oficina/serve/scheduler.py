@@ -72,9 +72,13 @@ class Job:
 class Scheduler:
     """Drives one runner. ``running`` and ``waiting`` are what /api/ps and the tests read."""
 
-    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model"):
+    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model", reuse_prefix: bool = False):
         self.runner = runner
         self.max_queue = max_queue
+        # Prefix reuse is off by default: with the fast runner (engine 4dddebe), re-acquiring a
+        # released slot whose cache holds the same prompt plus an old answer gives different
+        # greedy text than a fresh prefill (tests/test_serve_real.py repeats a request).
+        self.reuse_prefix = reuse_prefix
         self._waiting: collections.deque[Job] = collections.deque()
         self._live: dict[int, tuple[Job, Sequence]] = {}   # slot -> (job, its decoding state)
         self._cv = threading.Condition()
@@ -179,13 +183,14 @@ class Scheduler:
                 job.emit(Failed(e))
                 continue
             try:
-                slot, reused = self.runner.acquire(seq.prompt)
+                slot, reused = self.runner.acquire(seq.prompt if self.reuse_prefix else ())
             except SlotsFull:
                 with self._cv:
                     self._waiting.appendleft(job)
                 return
             job.started_at = time.monotonic()
             self._live[slot] = (job, seq)
+            reused = reused if self.reuse_prefix else 0
             try:
                 seq.start(self.runner.prefill(slot, seq.prompt, reused), job, reused)
             except Exception as e:
