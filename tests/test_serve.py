@@ -11,7 +11,6 @@ import jsonschema
 import ollama
 import openai
 import pytest
-
 from serve_util import Running, tiny_registry
 
 GREEDY = {"temperature": 0, "num_predict": 12}
@@ -332,3 +331,22 @@ def test_eight_streams_batch_together(srv):
     same = sum(a == b for a, b in zip(one_by_one, together))
     assert same >= 6, list(zip(one_by_one, together))
     assert concurrent < 0.6 * sequential, (concurrent, sequential)
+
+
+def test_memory_budget_unloads_least_recently_used(srv):
+    """Past the budget, loading a model unloads the idle model used longest ago."""
+    from oficina.serve.pool import Pool
+
+    async def main():
+        pool = Pool(srv.pool.home, memory_budget=1)             # nothing fits beside anything
+        a = await pool.get("tiny")
+        pool.release(a)
+        b = await pool.get("tinybert")
+        assert list(pool.loaded) == ["tinybert:latest"]
+        c = await pool.get("tiny")                              # tinybert is busy: kept, over budget
+        assert set(pool.loaded) == {"tiny:latest", "tinybert:latest"}
+        pool.release(b)
+        pool.release(c)
+        await pool.close()
+
+    asyncio.run(main())

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from serve_util import tiny_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +72,7 @@ def test_serve_ps_and_sigterm_during_stream(env):
         t.join(120)
         assert lines[-1]["done"] and lines[-1]["eval_count"] == 150      # the stream was not cut
         assert proc.wait(60) == 0
-        out, err = proc.communicate()
+        _, err = proc.communicate()
         assert "Traceback" not in err
     finally:
         if proc.poll() is None:

@@ -9,7 +9,6 @@ import jsonschema
 import ollama
 import openai
 import pytest
-
 from conftest import real_home
 from serve_util import Running
 

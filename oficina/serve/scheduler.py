@@ -20,8 +20,9 @@ import asyncio
 import collections
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import OficinaError
 from ..generation.runner import Runner, SlotsFull

@@ -13,7 +13,8 @@ import json
 import struct
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
