@@ -13,7 +13,9 @@ the start of a stop text or half a UTF-8 character, which only merges chunks).
 llama-cpp-python's server needs ``use_extra_bufts=False`` on these CPUs (it segfaults on the
 first eval otherwise) and its settings have no field for it: it is started through a two-line
 wrapper that patches llama.cpp's default model params (as ``oficina.quant.llamacpp.open_model``).
-It serves one request at a time (its server holds a lock around the model).
+It serves one request at a time (its server holds a lock around the model); its default
+``interrupt_requests=True`` would cut a running stream short whenever another request arrives, so
+it runs with ``--interrupt_requests False`` (every client gets its whole answer, as from oficina).
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def main() -> None:
             llm = subprocess.Popen([sys.executable, "-c", LLAMA_WRAPPER, "--model", str(gguf_path(home)),
                                     "--host", "127.0.0.1", "--port", str(p2), "--n_threads", str(args.threads),
                                     "--n_threads_batch", str(args.threads), "--n_ctx", "4096",
-                                    "--model_alias", "smollm2"],
+                                    "--model_alias", "smollm2", "--interrupt_requests", "False"],
                                    env=env, stdout=subprocess.DEVNULL, stderr=log("llama"))
             procs.append(llm)
             servers.append(("llama-cpp-python server", f"http://127.0.0.1:{p2}/v1", "smollm2"))
