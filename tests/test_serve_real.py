@@ -17,7 +17,7 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def srv(real_registry):
-    s = Running(real_home(), slots=8, max_queue=8)
+    s = Running(real_home(), slots=4, max_queue=8)
     yield s
     s.stop()
 
