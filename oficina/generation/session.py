@@ -204,9 +204,9 @@ class Model:
         return [c.to_dict() for c in (gen, m.config) if c is not None]
 
     # -- prompts --------------------------------------------------------------------------------
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template (or the Modelfile
-        TEMPLATE), ready for the assistant's answer."""
+        TEMPLATE), ready for the assistant's answer; ``tools`` go to templates that use them."""
         msgs = list(messages)
         if self.system and not any(m.get("role") == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": self.system})
@@ -214,7 +214,7 @@ class Model:
         template = self.chat_template
         if not template:
             return self.encode(_plain_transcript(msgs), special=True)
-        text = render_chat(template, msgs, self.tokenizer)
+        text = render_chat(template, msgs, self.tokenizer, tools=tools)
         return self.encode(text, special=False)
 
     def encode(self, text: str, special: bool = True) -> list[int]:
