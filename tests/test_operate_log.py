@@ -227,7 +227,7 @@ def test_stats_on_a_seeded_log(log, capsys):
     log.record(_entry("hit", "a", total_s=0.002, ttft_s=0.001, output_tokens=11, cached=True, cost=0.0,
                       created=day2))
     log.record(_entry("boom", "", model="other:latest", finish="error", error="x", total_s=5.0, created=day2))
-    (m, o) = stats.by_model(log.find())
+    (o, m) = stats.by_model(log.find())  # sorted by name
     assert (m.model, m.requests, m.failed, m.cached, o.failed) == ("tiny:latest", 21, 0, 1, 1)
     assert m.latency_p50 == pytest.approx(1.0) and m.latency_p95 == pytest.approx(1.9)
     assert m.tokens_per_s == pytest.approx(20 * 10 / sum(i / 10 - i / 100 for i in range(1, 21)))
