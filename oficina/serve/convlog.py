@@ -101,7 +101,7 @@ class Entry:
 
     @property
     def failed(self) -> bool:
-        return bool(self.error) or self.finish == "error"
+        return bool(self.error) or self.finish in ("error", "timeout")
 
     def prompt_text(self) -> str:
         """The last user turn (what a list shows)."""
@@ -326,7 +326,7 @@ class ConvLog:
             where.append("total_s >= ?")
             args.append(slow)
         if failed:
-            where.append("(error != '' OR finish = 'error')")
+            where.append("(error != '' OR finish IN ('error', 'timeout'))")
         if rated:
             where.append(_RATED[rated])
         sql = ("WHERE " + " AND ".join(where) if where else "") + \
