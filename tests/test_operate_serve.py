@@ -4,15 +4,12 @@ prometheus-client's parser and moving, cost headers, one log entry per request."
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
 import tiny
+from servers import serving
 from prometheus_client.parser import text_string_to_metric_families
 
 from oficina.registry.registry import Registry
@@ -22,6 +19,8 @@ from oficina.serve.app import create_app
 from oficina.serve.native import Server
 from oficina.serve.operate import Operations
 from oficina.serve.pool import Pool
+
+pytestmark = pytest.mark.slow  # real server processes, tens of seconds on a shared CPU
 
 PRICES = '[models.tiny]\nprompt_per_1k = 1.0\noutput_per_1k = 2.0\n'
 
@@ -36,29 +35,6 @@ def tiny_home(tmp_path_factory):
     tiny.build("llama", folder)
     import_path(Registry(home), folder, "tiny")
     return home
-
-
-@contextlib.contextmanager
-def serving(app):
-    """uvicorn in a thread on a free loopback port; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
