@@ -97,7 +97,10 @@ class Scheduler:
         with self._cv:
             if self._stop:
                 raise Busy("the model is being unloaded; retry", retry_after=1)
-            if len(self._waiting) >= self.max_queue:
+            # Free slots are not queue places taken: a burst that arrives while the thread is
+            # mid-step fills them at the next step.
+            free = max(0, self.runner.capabilities.max_batch - len(self._live))
+            if len(self._waiting) >= self.max_queue + free:
                 raise Busy(f"server busy: {len(self._waiting)} requests already waiting for this model; retry later",
                            retry_after=max(1, len(self._waiting) // max(1, self.runner.capabilities.max_batch)))
             self._waiting.append(job)

@@ -79,6 +79,7 @@ class Grammars:
     def __init__(self, tokenizer, vocab_size: int, eos_ids):
         self.tokenizer, self.vocab_size, self.eos_ids = tokenizer, vocab_size, sorted(eos_ids)
         self._compiler = None
+        self.control: torch.Tensor | None = None
         self._lock = threading.Lock()
 
     def _get(self):
@@ -89,18 +90,25 @@ class Grammars:
                 info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size,
                                                           stop_token_ids=self.eos_ids)
                 self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+                # Tokens holding a raw control character (< 0x20). Compact JSON has none outside
+                # escapes, but xgrammar 0.2.9's rule for strings with minLength/maxLength
+                # ([^"\\\r\n]) lets them into strings, which makes the text invalid JSON.
+                stops = set(self.eos_ids)
+                self.control = torch.tensor([i for i, b in enumerate(info.decoded_vocab)
+                                             if i not in stops and any(c < 0x20 for c in b)], dtype=torch.long)
         return self._compiler
 
     def compile(self, spec: str | dict):
-        """A compiled grammar for ``"json"`` (any JSON value) or a JSON schema (a dict)."""
+        """``(compiled grammar, ids to ban as well or None)`` for ``"json"`` (any JSON value) or
+        a JSON schema (a dict)."""
         compiler = self._get()
         if spec == "json":
-            return compiler.compile_builtin_json_grammar()
+            return compiler.compile_builtin_json_grammar(), None
         if not isinstance(spec, dict):
             raise SchemaError(f"format must be \"json\" or a JSON schema object, got {spec!r:.60}")
         check_schema(spec)
         try:
-            return compiler.compile_json_schema(json.dumps(spec), any_whitespace=False, strict_mode=True)
+            return compiler.compile_json_schema(json.dumps(spec), any_whitespace=False, strict_mode=True), self.control
         except Exception as e:  # xgrammar raises RuntimeError/ValueError with a C++ location prefix
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SchemaError(f"format: schema cannot be compiled: {message.split(': ', 1)[-1]}") from None
@@ -109,9 +117,10 @@ class Grammars:
 class GrammarProcessor:
     """``decoding.LogitsProcessor`` over one compiled grammar (one per sequence)."""
 
-    def __init__(self, compiled, vocab_size: int):
+    def __init__(self, grammar, vocab_size: int):
         import xgrammar as xgr
 
+        compiled, self.banned = grammar
         self._xgr = xgr
         self.matcher = xgr.GrammarMatcher(compiled)
         self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)
@@ -120,6 +129,8 @@ class GrammarProcessor:
         self.matcher.fill_next_token_bitmask(self.bitmask)
         out = logits.clone().unsqueeze(0)                       # [1, V]
         self._xgr.apply_token_bitmask_inplace(out, self.bitmask)
+        if self.banned is not None and self.banned.numel():
+            out[0, self.banned[self.banned < out.shape[1]]] = float("-inf")
         return out[0]
 
     def accept(self, token: int) -> None:
