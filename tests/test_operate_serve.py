@@ -9,8 +9,8 @@ import json
 import httpx
 import pytest
 import tiny
-from servers import serving
 from prometheus_client.parser import text_string_to_metric_families
+from servers import serving
 
 from oficina.registry.registry import Registry
 from oficina.registry.sources import import_path
@@ -144,3 +144,17 @@ def test_no_cache_and_no_log(tiny_home):
         assert h["x-oficina-cache"] == h2["x-oficina-cache"] == "skip"
         assert "oficina:requests_total" in httpx.get(url + "/metrics").text
     assert not (tiny_home / "other" / "logs.db").exists() and not (tiny_home / "other" / "cache.db").exists()
+
+
+def test_a_growing_chat_reuses_its_prefix_and_the_counters_say_so(served):
+    url, _ = served
+    before = _scrape(url)
+    turns = [{"role": "user", "content": "Tell me about the sky"}]
+    for word in ("sun", "river", "stone"):
+        _, lines = _ndjson(url, {"model": "tiny", "messages": turns, "options": {"temperature": 0.5, "num_predict": 4}})
+        turns = [*turns, {"role": "assistant", "content": "".join(x["message"]["content"] for x in lines)},
+                 {"role": "user", "content": f"And the {word}?"}]
+    after = _scrape(url)
+    queried = _sum(after, "oficina:prefix_cache_queries_total") - _sum(before, "oficina:prefix_cache_queries_total")
+    reused = _sum(after, "oficina:prefix_cache_hits_total") - _sum(before, "oficina:prefix_cache_hits_total")
+    assert 0 < reused < queried      # later turns reuse the earlier turns' KV, never the whole prompt
