@@ -127,7 +127,7 @@ def test_metrics_move_and_each_request_is_logged_with_its_cost(served):
     entries = ops.log.find(limit=4)
     assert ops.log.count() == n_before + 4
     failed, hit, miss, chat = entries
-    assert failed.failed and "temperature" in failed.error and failed.model == "tiny"
+    assert failed.failed and "temperature" in failed.error and failed.model == "tiny:latest"
     assert hit.cached and hit.output == miss.output and hit.cost == 0.0
     assert chat.output == r.message.content and chat.route == "/api/chat"
     assert chat.cost == pytest.approx((chat.prompt_tokens * 1.0 + chat.output_tokens * 2.0) / 1000)

@@ -110,7 +110,8 @@ def export(args) -> None:
     entries = open_log(args).find(**selection(args, default_rated="any"), newest_first=False)
     r = run(entries, args.format, args.out)
     skipped = "".join(f"; skipped {n} ({why})" for why, n in r.skipped.items())
-    what = "conversations (oficina tune --data)" if args.format == "chat" else "preference pairs (oficina dpo --data)"
+    what = ("conversation" if args.format == "chat" else "preference pair") + ("s" if r.records != 1 else "")
+    what += " (oficina tune --data)" if args.format == "chat" else " (oficina dpo --data)"
     print(f"wrote {r.records} {what} to {r.path}{skipped}")
 
 
@@ -127,7 +128,7 @@ def _secs(s: float | None) -> str:
 
 
 def _cost(c: float | None) -> str:
-    return "-" if c is None else f"{c:.6f}".rstrip("0").rstrip(".") if c else "0"
+    return "-" if c is None else f"{c:.8f}".rstrip("0").rstrip(".") if c else "0"
 
 
 def _one_line(text: str, width: int) -> str:

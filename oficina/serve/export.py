@@ -36,9 +36,12 @@ class Exported:
 def chat_records(entries: list[Entry]) -> tuple[list[dict], dict[str, int]]:
     out, skipped = [], {}
     for e in entries:
+        if e.failed and not e.better:
+            _skip(skipped, "failed requests")
+            continue
         answer = e.better if e.better else (e.output if e.rating == "good" else None)
         if answer is None:
-            _skip(skipped, "rated bad without a correction")
+            _skip(skipped, "rated bad without a correction" if e.rating == "bad" else "not reviewed")
             continue
         if not _plain(e.messages):
             _skip(skipped, "tool or non-text messages")

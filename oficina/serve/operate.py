@@ -172,6 +172,8 @@ class Operations:
             req = {}
         req = req if isinstance(req, dict) else {}
         model = req.get("model") if isinstance(req.get("model"), str) else ""
+        if model and ":" not in model:
+            model += ":latest"    # as the registry names it, so stats group it with its answers
         try:
             err = json.loads(body)
             message = err.get("error") if isinstance(err, dict) else None

@@ -40,7 +40,7 @@ class DayCost:
 def by_model(entries: list[Entry]) -> list[ModelStats]:
     groups: dict[str, list[Entry]] = {}
     for e in entries:
-        groups.setdefault(e.model, []).append(e)
+        groups.setdefault(_name(e.model), []).append(e)
     return [_model(m, es) for m, es in sorted(groups.items())]
 
 
@@ -48,7 +48,7 @@ def by_day(entries: list[Entry]) -> list[DayCost]:
     rows: dict[tuple[str, str], DayCost] = {}
     for e in entries:
         day = time.strftime("%Y-%m-%d", time.localtime(e.created))
-        r = rows.setdefault((day, e.model), DayCost(day, e.model, 0, 0, 0.0))
+        r = rows.setdefault((day, _name(e.model)), DayCost(day, _name(e.model), 0, 0, 0.0))
         r.requests += 1
         r.tokens += e.prompt_tokens + e.output_tokens
         r.cost += e.cost or 0.0
@@ -69,6 +69,11 @@ def _model(model: str, es: list[Entry]) -> ModelStats:
         tokens_per_s=sum(e.output_tokens - 1 for e in decoded) / seconds if seconds > 0 else None,
         prompt_tokens=sum(e.prompt_tokens for e in es), output_tokens=sum(e.output_tokens for e in es),
         cost=sum(e.cost or 0.0 for e in es))
+
+
+def _name(model: str) -> str:
+    """``smollm2`` and ``smollm2:latest`` are one model (a client may send either)."""
+    return model if ":" in model else f"{model}:latest"
 
 
 def _pct(values: list[float], q: float) -> float | None:
