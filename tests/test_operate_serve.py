@@ -158,3 +158,26 @@ def test_a_growing_chat_reuses_its_prefix_and_the_counters_say_so(served):
     queried = _sum(after, "oficina:prefix_cache_queries_total") - _sum(before, "oficina:prefix_cache_queries_total")
     reused = _sum(after, "oficina:prefix_cache_hits_total") - _sum(before, "oficina:prefix_cache_hits_total")
     assert 0 < reused < queried      # later turns reuse the earlier turns' KV, never the whole prompt
+
+
+def test_a_locked_log_never_fails_a_request(served, monkeypatch):
+    import sqlite3
+    import time
+
+    from oficina.serve import convlog
+
+    url, ops = served
+    monkeypatch.setattr(convlog, "RETRY_SECONDS", 0.05)
+    n = ops.log.count()
+    blocker = sqlite3.connect(ops.log.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")                  # a reviewer's long transaction, say
+    try:
+        _, lines = _ndjson(url, {**CHAT, "options": {"temperature": 0.9, "num_predict": 3}})
+        assert lines[-1]["done"] and ops.log.pending == 1
+    finally:
+        blocker.execute("ROLLBACK")
+    for _ in range(100):
+        if ops.log.pending == 0:
+            break
+        time.sleep(0.05)
+    assert ops.log.pending == 0 and ops.log.count() == n + 1 and ops.log.dropped == 0

@@ -217,7 +217,7 @@ async def show(call) -> Response:
                            for k, v in Options.from_mapping(m.params).to_pairs())
         d = m.details
         kind = d.get("kind", "")
-        caps = ["completion"] if kind == "decoder-only" else ["embedding"]
+        caps = ["completion"] if kind == "decoder-only" or m.format == "remote" else ["embedding"]
         template = m.template or ""
         if "tools" in template:
             caps.append("tools")
