@@ -102,6 +102,14 @@ def show(args) -> None:
         text = m.template if args.template else m.system if args.system else "\n".join(m.license)
         print(text or "", end="\n" if text else "")
         return
+    if m.format == "remote":  # no weights here: an OpenAI-compatible upstream answers (serve/remote.py)
+        print(json.dumps({"name": entry.name, "version": entry.version, "digest": entry.digest, **m.details,
+                          "options": m.params, "system": m.system}, indent=2) if args.json else
+              f"model      {entry.name} (version {entry.version}, {entry.digest[7:19]})\n"
+              f"remote     {m.details['upstream_model']} at {m.details['remote']} (OpenAI-compatible; "
+              f"`oficina serve` routes its requests there)"
+              + "".join(f"\nparameter  {k} {v}" for k, v in Options.from_mapping(m.params).to_pairs()))
+        return
     info = describe(reg.snapshot(entry), m.format)
     params = Options.from_mapping(m.params).to_dict()
     if args.json:

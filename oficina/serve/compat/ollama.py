@@ -73,6 +73,8 @@ def _metrics(r: Result) -> dict:
     }
     if r.truncated:
         out["truncated"] = r.truncated
+    if r.cost is not None:
+        out["cost"] = r.cost          # from the price table (operate.py); not an Ollama field
     return out
 
 
@@ -221,7 +223,7 @@ async def show(call) -> Response:
                            for k, v in Options.from_mapping(m.params).to_pairs())
         d = m.details
         kind = d.get("kind", "")
-        caps = ["completion"] if kind == "decoder-only" else ["embedding"]
+        caps = ["completion"] if kind == "decoder-only" or m.format == "remote" else ["embedding"]
         template = m.template or ""
         if "tools" in template:
             caps.append("tools")
