@@ -147,3 +147,8 @@ def chromium(download_dir: Path):
     o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     o.add_experimental_option("prefs", {"download.default_directory": str(download_dir)})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=o)
+
+
+def serve_app():
+    """oficina's own server app once the serve branch provides one, else the stand-in."""
+    return standin_app()

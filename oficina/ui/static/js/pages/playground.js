@@ -19,9 +19,11 @@ export async function render(main) {
     const mine = ++seq;
     main.setAttribute("aria-busy", "true");
     try {
-      const p = await post("/api/inspect/predict", { model: picker.value(), text: text.value, top: +top.value || 12, options: { ...opts.values } });
+      const model = picker.value();
+      const p = await post("/api/inspect/predict", { model, text: text.value, top: +top.value || 12, options: { ...opts.values } });
       if (mine !== seq) return;  // a newer request is on its way
       draw(p);
+      summary.dataset.model = model;
     } catch (e) {
       if (mine === seq) bars.replaceChildren(errorBox(e));
     } finally {
