@@ -125,12 +125,13 @@ def go_to_jinja(template: str) -> str:
     return "".join(out)
 
 
-def render_chat(template: str, messages: Sequence[dict], tokenizer) -> str:
-    """The prompt text for ``messages``, ready for the assistant's next answer."""
+def render_chat(template: str, messages: Sequence[dict], tokenizer, tools: Sequence[dict] | None = None) -> str:
+    """The prompt text for ``messages``, ready for the assistant's next answer. ``tools``
+    (OpenAI-style function definitions) reach Jinja templates that use them, as in transformers."""
     try:
         if is_go_template(template):
             return _render_go(template, messages, tokenizer)
-        return tokenizer.apply_chat_template(list(messages), chat_template=template,
+        return tokenizer.apply_chat_template(list(messages), chat_template=template, tools=list(tools) if tools else None,
                                              add_generation_prompt=True, tokenize=False)
     except FormatError:
         raise

@@ -1,0 +1,362 @@
+"""The native handlers: what the server does, independent of any wire format.
+
+``compat/ollama.py`` and ``compat/openai.py`` parse their JSON into a ``GenerateRequest``, call
+``generate`` (or ``embed``, ``models``...), and shape the events they get back. Nothing here knows
+about HTTP. Two seams for the layers on top (issue "Operate"):
+
+- ``Server.before``: callables ``(request, prompt_ids, options) -> Result | None`` asked before a
+  generation is queued; the first non-None result is the answer (a response cache).
+- ``Server.observers``: callables ``(Record) -> None`` told about every finished request (metrics,
+  cost, the conversation log). They run on the event loop and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import torch
+
+from ..errors import OficinaError
+from ..generation.decoding import Decoding
+from ..options import Options
+from .pool import Pool, Served
+from .scheduler import Failed, Job, Piece
+from .sequence import Finished, Sequence
+from .structured import GrammarProcessor, Grammars
+
+NS = 1_000_000_000
+
+
+class BadRequest(OficinaError):
+    """The request itself is wrong (HTTP 400)."""
+
+
+@dataclass
+class GenerateRequest:
+    model: str
+    prompt: str | None = None                 # /api/generate, /v1/completions
+    messages: list[dict] | None = None        # /api/chat, /v1/chat/completions
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    images: list | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: str | dict | None = None          # "json" or a JSON schema
+    keep_alive: Any = None
+    tools: list[dict] | None = None
+    route: str = ""
+    key_id: str | None = None
+
+
+@dataclass
+class Result:
+    """One finished generation, in neutral units (seconds; the translators convert)."""
+
+    model: str
+    text: str
+    done_reason: str
+    prompt_tokens: int
+    eval_tokens: int
+    load_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    prompt_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    ttft_seconds: float = 0.0
+    total_seconds: float = 0.0
+    truncated: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+    seed: int = -1
+    cached: bool = False
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Record:
+    """What observers get for every finished request (one per generation)."""
+
+    id: str
+    route: str
+    model: str
+    digest: str
+    key_id: str | None
+    options: dict[str, Any]
+    prompt: Any                       # the prompt text or the messages
+    result: Result
+
+
+@dataclass
+class Server:
+    pool: Pool
+    request_timeout: float | None = 600.0
+    observers: list[Callable[[Record], None]] = field(default_factory=list)
+    before: list[Callable[..., Result | None]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def notify(self, record: Record) -> None:
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:  # an observer's fault must not fail the request it watches
+                pass
+
+
+# -- prompts ------------------------------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _messages(raw: Any) -> list[dict]:
+    if not isinstance(raw, list):
+        raise BadRequest("messages must be a list")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)}")
+        content = m.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}]: content must be text")
+        msg = {"role": m["role"], "content": content}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = m["tool_calls"]
+        if m.get("images"):
+            msg["images"] = m["images"]
+        out.append(msg)
+    return out
+
+
+def prompt_ids(served: Served, req: GenerateRequest) -> list[int]:
+    model = served.model
+    if req.images or any(m.get("images") for m in req.messages or []):
+        raise BadRequest(f"model {served.name!r} does not accept images (it has no vision encoder)")
+    if req.messages is not None:
+        msgs = _messages(req.messages)
+        if req.system and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": req.system})
+        return _render(model, msgs, req)
+    if not isinstance(req.prompt, str):
+        raise BadRequest("prompt must be text")
+    if req.raw or not (req.template or model.chat_template):
+        return model.encode(req.prompt, special=True)
+    msgs = ([{"role": "system", "content": req.system}] if req.system else []) + \
+        [{"role": "user", "content": req.prompt}]
+    return _render(model, msgs, req)
+
+
+def _render(model, msgs: list[dict], req: GenerateRequest) -> list[int]:
+    if req.template:
+        from ..formats.template import render_chat
+
+        return model.encode(render_chat(req.template, msgs, model.tokenizer, tools=req.tools), special=False)
+    return model.encode_chat(msgs, tools=req.tools)
+
+
+# -- tool calls ---------------------------------------------------------------------------------
+
+_TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+
+
+def parse_tool_calls(text: str, tools: list[dict] | None) -> tuple[str, list[dict]]:
+    """Tool calls the model wrote, as ``[{"function": {"name", "arguments"}}]``, and the text
+    without them. Recognises the Hermes/Qwen ``<tool_call>{...}</tool_call>`` form and an answer
+    that is just ``{"name": ..., "arguments": ...}`` (or a list of them). Names must be tools the
+    request offered."""
+    if not tools:
+        return text, []
+    names = {(t.get("function") or {}).get("name") for t in tools if isinstance(t, dict)}
+    blobs = _TOOL_TAG.findall(text) or [text.strip()]
+    calls = []
+    for blob in blobs:
+        try:
+            value = json.loads(blob)
+        except ValueError:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and item.get("name") in names:
+                args = item.get("arguments", item.get("parameters", {}))
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args)
+                    except ValueError:
+                        continue
+                if isinstance(args, dict):
+                    calls.append({"function": {"name": item["name"], "arguments": args}})
+    if not calls:
+        return text, []
+    return _TOOL_TAG.sub("", text).strip() if "<tool_call>" in text else "", calls
+
+
+def forced_tool_schema(tools: list[dict], name: str | None) -> dict:
+    """A schema that makes the answer one call of ``name`` (or of any offered tool)."""
+    options = []
+    for t in tools:
+        fn = t.get("function") or {}
+        if name is None or fn.get("name") == name:
+            options.append({"type": "object", "properties": {
+                "name": {"const": fn.get("name")},
+                "arguments": fn.get("parameters") or {"type": "object"}},
+                "required": ["name", "arguments"]})
+    if not options:
+        raise BadRequest(f"tool_choice names {name!r}, which is not among the tools")
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+def _grammars(served: Served) -> Grammars:
+    g = getattr(served, "grammars", None)
+    if g is None:
+        runner = served.scheduler.runner
+        g = served.grammars = Grammars(served.model.tokenizer, runner.vocab_size, runner.eos_ids)
+    return g
+
+
+async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta | Result]:
+    """Stream ``Delta`` pieces, then one ``Result``. Raises ``OficinaError`` (bad request, unknown
+    model, busy) before the first piece, so translators can still answer with an error status."""
+    t0 = time.monotonic()
+    pool = server.pool
+    loaded_before = _is_loaded(pool, req.model)
+    served = await pool.get(req.model, req.keep_alive)
+    try:
+        load_seconds = 0.0 if loaded_before else time.monotonic() - t0
+        if not served.generates:
+            raise BadRequest(f"model {served.name!r} is an {served.model.info.kind} model; it can embed, not generate")
+        try:
+            opts = served.model.options.merged(req.options or {})
+        except OficinaError as e:
+            raise BadRequest(str(e)) from None
+        ids = await asyncio.to_thread(prompt_ids, served, req)
+        for hook in server.before:
+            hit = hook(req, ids, opts)
+            if hit is not None:
+                yield Delta(hit.text)
+                hit.cached = True
+                hit.total_seconds = time.monotonic() - t0
+                server.notify(_record(req, served, opts, hit))
+                yield hit
+                return
+        compiled = None
+        if req.format is not None:
+            compiled = await asyncio.to_thread(_grammars(served).compile, req.format)
+        model = served.model
+        keep = model._keep(ids)
+
+        def make(r) -> Sequence:
+            processor = GrammarProcessor(compiled, r.vocab_size) if compiled is not None else None
+            return Sequence(Decoding(opts, model.tokenizer, r.eos_ids, ids, r.context_length, keep,
+                                     processor=processor))
+
+        loop = asyncio.get_running_loop()
+        timeout = server.request_timeout
+        job = Job(make, loop, asyncio.Queue(), deadline=time.monotonic() + timeout if timeout else None)
+        served.scheduler.submit(job)
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, Piece):
+                    if item.text:
+                        yield Delta(item.text)
+                elif isinstance(item, Failed):
+                    raise item.error
+                elif isinstance(item, Finished):
+                    if item.tail:
+                        yield Delta(item.tail)
+                    result = _result(served, item, load_seconds, time.monotonic() - t0, req)
+                    server.notify(_record(req, served, opts, result))
+                    yield result
+                    return
+        finally:
+            job.cancel()              # no-op when finished; frees the slot on disconnect
+            served.scheduler.wake()
+    finally:
+        pool.release(served)
+
+
+def _is_loaded(pool: Pool, name: str) -> bool:
+    return any(name in (s.name, s.name.removesuffix(":latest")) for s in pool.loaded.values())
+
+
+def _result(served: Served, f: Finished, load_s: float, total_s: float, req: GenerateRequest) -> Result:
+    s = f.stats
+    text, calls = parse_tool_calls(f.text, req.tools)
+    return Result(served.name, text, s.done_reason, s.prompt_tokens, s.eval_tokens, load_s,
+                  f.queue_seconds, s.prompt_seconds, s.eval_seconds, f.ttft_seconds, total_s,
+                  s.truncated, calls, f.seed)
+
+
+def _record(req: GenerateRequest, served: Served, opts: Options, result: Result) -> Record:
+    return Record(uuid.uuid4().hex, req.route, served.name, served.digest, req.key_id,
+                  opts.to_dict(changed_only=True),
+                  req.messages if req.messages is not None else req.prompt, result)
+
+
+async def collect(events: AsyncIterator[Delta | Result]) -> Result:
+    """The final result of a non-streamed generation (its text is the whole answer)."""
+    result = None
+    async for ev in events:
+        if isinstance(ev, Result):
+            result = ev
+    assert result is not None
+    return result
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+
+@dataclass
+class Embeddings:
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+    load_seconds: float
+    total_seconds: float
+
+
+async def embed(server: Server, model: str, inputs: list[str], truncate: bool = True,
+                normalize: bool = True, keep_alive: Any = None, options: dict | None = None) -> Embeddings:
+    if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+        raise BadRequest("input must be text or a list of texts")
+    t0 = time.monotonic()
+    loaded_before = _is_loaded(server.pool, model)
+    served = await server.pool.get(model, keep_alive)
+    try:
+        load_s = 0.0 if loaded_before else time.monotonic() - t0
+        vectors, count = await asyncio.to_thread(_embed_sync, served, inputs, truncate, normalize)
+    finally:
+        server.pool.release(served)
+    return Embeddings(served.name, vectors, count, load_s, time.monotonic() - t0)
+
+
+def _embed_sync(served: Served, inputs: list[str], truncate: bool, normalize: bool):
+    from ..inspect.embed import embed as embed_one
+
+    model = served.model
+    limit = model.info.context_length or 512
+    out, count = [], 0
+    with served.lock:
+        for text in inputs:
+            ids = model.encode(text)
+            if len(ids) > limit:
+                if not truncate:
+                    raise BadRequest(f"input has {len(ids)} tokens, more than the model's context of {limit}; "
+                                     f"send truncate=true to cut it")
+                text = model.tokenizer.decode(ids[:limit], skip_special_tokens=True)
+            e = embed_one(model, text)
+            v = e.sentence
+            if normalize:
+                v = torch.nn.functional.normalize(v, dim=0)
+            out.append(v.tolist())
+            count += min(len(ids), limit)
+    return out, count

@@ -1,0 +1,200 @@
+"""Continuous batching: one thread per loaded model drives its runner over every live request.
+
+Requests join and leave between decode steps (Orca, Yu et al. 2022, "iteration-level
+scheduling"; vLLM's scheduler without paging): each step the thread
+
+1. drops requests whose client went away or whose deadline passed (their slot is free for the
+   next step, so a disconnect never holds a slot longer than one step),
+2. admits waiting requests while the runner has free slots (acquire + prefill),
+3. samples one token for every live sequence, hands the text to its request, and
+4. runs one batched ``runner.decode`` for all sequences that go on.
+
+Requests talk to the thread through a bounded queue (``submit`` raises ``Busy`` past it; the HTTP
+layer answers 503 + Retry-After) and get their pieces back on an ``asyncio.Queue`` through
+``loop.call_soon_threadsafe``, so handlers stay async and never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import OficinaError
+from ..generation.runner import Runner, SlotsFull
+from .sequence import Finished, Sequence
+
+
+class Busy(OficinaError):
+    """The model's queue is full; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Piece:
+    text: str
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+@dataclass
+class Job:
+    """One generation a handler asked for. ``make`` builds the per-sequence decoding state on the
+    scheduler thread (it may compile a grammar: not on the event loop)."""
+
+    make: Callable[[Runner], Sequence]
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    deadline: float | None = None          # time.monotonic() after which it is cut
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None        # when it left the queue (prefill began)
+
+    def emit(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            pass
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Scheduler:
+    """Drives one runner. ``running`` and ``waiting`` are what /api/ps and the tests read."""
+
+    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model"):
+        self.runner = runner
+        self.max_queue = max_queue
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._live: dict[int, tuple[Job, Sequence]] = {}   # slot -> (job, its decoding state)
+        self._cv = threading.Condition()
+        self._stop = False
+        self.steps = 0
+        self.last_used = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name=f"oficina-scheduler-{name}", daemon=True)
+        self._thread.start()
+
+    # -- what handlers call ------------------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return len(self._live)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, job: Job) -> Job:
+        with self._cv:
+            if self._stop:
+                raise Busy("the model is being unloaded; retry", retry_after=1)
+            # Free slots are not queue places taken: a burst that arrives while the thread is
+            # mid-step fills them at the next step.
+            free = max(0, self.runner.capabilities.max_batch - len(self._live))
+            if len(self._waiting) >= self.max_queue + free:
+                raise Busy(f"server busy: {len(self._waiting)} requests already waiting for this model; retry later",
+                           retry_after=max(1, len(self._waiting) // max(1, self.runner.capabilities.max_batch)))
+            self._waiting.append(job)
+            self.last_used = time.monotonic()
+            self._cv.notify()
+        return job
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking work, let live and queued requests finish (up to ``timeout``), then free
+        the runner."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout)
+        for job in list(self._waiting):
+            job.emit(Failed(Busy("the model was unloaded before this request started; retry")))
+        self._waiting.clear()
+        self.runner.close()
+
+    # -- the thread --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting and not self._live and not self._stop:
+                    self._cv.wait()
+                if self._stop and not self._waiting and not self._live:
+                    return
+            try:
+                self._step()
+            except Exception as e:  # a runner fault: fail everything live, keep serving
+                for slot, (job, _) in list(self._live.items()):
+                    self._finish(slot, job, Failed(e))
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        for slot, (job, seq) in list(self._live.items()):
+            if job.cancelled.is_set():
+                self._finish(slot, job, None)
+            elif job.deadline is not None and now > job.deadline:
+                self._finish(slot, job, seq.finish("timeout"))
+        self._admit()
+        slots, tokens = [], []
+        for slot, (job, seq) in list(self._live.items()):
+            if seq.logits is None:          # admitted this step and failed before its first token
+                continue
+            result = seq.step()
+            if result.text:
+                job.emit(Piece(result.text))
+            if result.done is not None:
+                self._finish(slot, job, result.done)
+            else:
+                slots.append(slot)
+                tokens.append(result.token)
+        if slots:
+            logits = self.runner.decode(slots, tokens)           # [B, V]
+            for i, slot in enumerate(slots):
+                self._live[slot][1].logits = logits[i]
+            self.steps += 1
+        self.last_used = time.monotonic()
+
+    def _admit(self) -> None:
+        while True:
+            with self._cv:
+                if not self._waiting or len(self._live) >= self.runner.capabilities.max_batch:
+                    return
+                job = self._waiting.popleft()
+            if job.cancelled.is_set():
+                continue
+            try:
+                seq = job.make(self.runner)
+            except Exception as e:
+                job.emit(Failed(e))
+                continue
+            try:
+                slot, reused = self.runner.acquire(seq.prompt)
+            except SlotsFull:
+                with self._cv:
+                    self._waiting.appendleft(job)
+                return
+            job.started_at = time.monotonic()
+            self._live[slot] = (job, seq)
+            try:
+                seq.start(self.runner.prefill(slot, seq.prompt, reused), job, reused)
+            except Exception as e:
+                self._finish(slot, job, Failed(e))
+
+    def _finish(self, slot: int, job: Job, item: Finished | Failed | None) -> None:
+        self._live.pop(slot, None)
+        try:
+            self.runner.release(slot)
+        finally:
+            if item is not None:
+                job.emit(item)
