@@ -23,6 +23,7 @@ from ..errors import FormatError, InvalidOptions, ModelfileError, ModelNotFound,
 from .auth import PUBLIC, Denied, Key, Policy
 from .compat import ollama, openai
 from .native import BadRequest, Server
+from .operate import metrics_route
 from .scheduler import Busy
 from .structured import SchemaError
 
@@ -80,6 +81,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/embeddings", openai.embeddings, "inference", openai),
     Route("GET", "/v1/models", openai.models, "read", openai),
     Route("GET", "/v1/models/{model:path}", openai.model, "read", openai),
+    Route("GET", "/metrics", metrics_route, "read", ollama),
 )
 
 # Exceptions -> HTTP status. Anything not here is a bug: 500 with no detail.
@@ -147,7 +149,8 @@ def _endpoint(route: Route, server: Server, policy: Policy):
     return endpoint
 
 
-def create_app(server: Server, policy: Policy | None = None) -> FastAPI:
+def create_app(server: Server, policy: Policy | None = None, operations=None) -> FastAPI:
+    """``operations``: an ``operate.Operations`` (cache, metrics, cost, log) to install."""
     policy = policy or Policy()
 
     @contextlib.asynccontextmanager
@@ -158,6 +161,9 @@ def create_app(server: Server, policy: Policy | None = None) -> FastAPI:
         finally:
             reaper.cancel()
             await server.pool.close()
+            ops = getattr(app.state, "operations", None)
+            if ops is not None:
+                ops.close()
 
     app = FastAPI(title="oficina", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     for route in ROUTES:
@@ -168,4 +174,6 @@ def create_app(server: Server, policy: Policy | None = None) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
     app.state.server = server
     app.state.policy = policy
+    if operations is not None:
+        operations.install(server, app)
     return app

@@ -4,8 +4,9 @@
 ``generate`` (or ``embed``, ``models``...), and shape the events they get back. Nothing here knows
 about HTTP. Two seams for the layers on top (issue "Operate"):
 
-- ``Server.before``: callables ``(request, prompt_ids, options) -> Result | None`` asked before a
-  generation is queued; the first non-None result is the answer (a response cache).
+- ``Server.before``: callables ``(request, prompt_ids, options, served) -> Result | None`` asked
+  before a generation is queued; the first non-None result is the answer (a response cache); its
+  ``pieces`` are streamed as they were first streamed.
 - ``Server.observers``: callables ``(Record) -> None`` told about every finished request (metrics,
   cost, the conversation log). They run on the event loop and must not block.
 """
@@ -74,6 +75,10 @@ class Result:
     seed: int = -1
     cached: bool = False
     created: float = field(default_factory=time.time)
+    pieces: list[str] = field(default_factory=list)       # the text as streamed, chunk by chunk
+    token_times: list[float] = field(default_factory=list)  # time.monotonic() at each token
+    reused_tokens: int = 0            # prompt tokens whose KV came from a cached prefix
+    cost: float | None = None         # set by the price table's observer (operate.py)
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Record:
     options: dict[str, Any]
     prompt: Any                       # the prompt text or the messages
     result: Result
+    request: GenerateRequest | None = None   # system, template, format, tools... (log, cache key)
 
 
 @dataclass
@@ -240,9 +246,10 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
             raise BadRequest(str(e)) from None
         ids = await asyncio.to_thread(prompt_ids, served, req)
         for hook in server.before:
-            hit = hook(req, ids, opts)
+            hit = hook(req, ids, opts, served)
             if hit is not None:
-                yield Delta(hit.text)
+                for piece in hit.pieces or [hit.text]:
+                    yield Delta(piece)
                 hit.cached = True
                 hit.total_seconds = time.monotonic() - t0
                 server.notify(_record(req, served, opts, hit))
@@ -263,18 +270,22 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
         timeout = server.request_timeout
         job = Job(make, loop, asyncio.Queue(), deadline=time.monotonic() + timeout if timeout else None)
         served.scheduler.submit(job)
+        pieces: list[str] = []
         try:
             while True:
                 item = await job.out.get()
                 if isinstance(item, Piece):
                     if item.text:
+                        pieces.append(item.text)
                         yield Delta(item.text)
                 elif isinstance(item, Failed):
                     raise item.error
                 elif isinstance(item, Finished):
                     if item.tail:
+                        pieces.append(item.tail)
                         yield Delta(item.tail)
                     result = _result(served, item, load_seconds, time.monotonic() - t0, req)
+                    result.pieces, result.token_times = pieces, item.token_times
                     server.notify(_record(req, served, opts, result))
                     yield result
                     return
@@ -294,13 +305,13 @@ def _result(served: Served, f: Finished, load_s: float, total_s: float, req: Gen
     text, calls = parse_tool_calls(f.text, req.tools)
     return Result(served.name, text, s.done_reason, s.prompt_tokens, s.eval_tokens, load_s,
                   f.queue_seconds, s.prompt_seconds, s.eval_seconds, f.ttft_seconds, total_s,
-                  s.truncated, calls, f.seed)
+                  s.truncated, calls, f.seed, reused_tokens=s.reused_tokens)
 
 
 def _record(req: GenerateRequest, served: Served, opts: Options, result: Result) -> Record:
     return Record(uuid.uuid4().hex, req.route, served.name, served.digest, req.key_id,
                   opts.to_dict(changed_only=True),
-                  req.messages if req.messages is not None else req.prompt, result)
+                  req.messages if req.messages is not None else req.prompt, result, req)
 
 
 async def collect(events: AsyncIterator[Delta | Result]) -> Result:

@@ -7,7 +7,7 @@ queue and time to the first token.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,7 @@ class Finished:
     ttft_seconds: float = 0.0       # submitted -> first token decided
     seed: int = -1
     tail: str = ""                  # text held back until the end (not yet sent as a piece)
+    token_times: list[float] = field(default_factory=list)  # time.monotonic() at each token (metrics' ITL)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Sequence:
         self.pieces: list[str] = []
         self._job = None
         self._first: float | None = None
+        self.times: list[float] = []
 
     def start(self, logits: torch.Tensor, job, reused: int = 0) -> None:
         """The prompt is in the runner's cache; ``logits`` [V] predict the first answer token."""
@@ -48,8 +50,9 @@ class Sequence:
 
     def step(self) -> Step:
         text, done = self.d.step(self.logits)
+        self.times.append(time.monotonic())
         if self._first is None:
-            self._first = time.monotonic()
+            self._first = self.times[-1]
         self.pieces.append(text)
         if done:
             return Step(text=text, done=self.finish())
@@ -66,4 +69,5 @@ class Sequence:
         queued = job.queued_at if job else now
         started = (job.started_at or now) if job else now
         return Finished("".join(self.pieces), self.d.stats, queue_seconds=started - queued,
-                        ttft_seconds=(self._first or now) - queued, seed=self.d.sampler.seed, tail=tail)
+                        ttft_seconds=(self._first or now) - queued, seed=self.d.sampler.seed, tail=tail,
+                        token_times=self.times)

@@ -67,6 +67,8 @@ def _metrics(r: Result) -> dict:
     }
     if r.truncated:
         out["truncated"] = r.truncated
+    if r.cost is not None:
+        out["cost"] = r.cost          # from the price table (operate.py); not an Ollama field
     return out
 
 

@@ -1,0 +1,170 @@
+"""Operations on the real server (uvicorn on a free loopback port, a tiny model, the official
+`ollama` and `openai` clients): a cache hit streamed like the original, /metrics parsed with
+prometheus-client's parser and moving, cost headers, one log entry per request."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import tiny
+from prometheus_client.parser import text_string_to_metric_families
+
+from oficina.registry.registry import Registry
+from oficina.registry.sources import import_path
+from oficina.serve import cost
+from oficina.serve.app import create_app
+from oficina.serve.native import Server
+from oficina.serve.operate import Operations
+from oficina.serve.pool import Pool
+
+PRICES = '[models.tiny]\nprompt_per_1k = 1.0\noutput_per_1k = 2.0\n'
+
+
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    home = tmp_path_factory.mktemp("home")
+    folder = tmp_path_factory.mktemp("models") / "llama"
+    tiny.build("llama", folder)
+    import_path(Registry(home), folder, "tiny")
+    return home
+
+
+@contextlib.contextmanager
+def serving(app):
+    """uvicorn in a thread on a free loopback port; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_home):
+    prices = tiny_home / "prices.toml"
+    prices.write_text(PRICES)
+    ops = Operations(tiny_home, prices=cost.load(prices))
+    server = Server(Pool(tiny_home, slots=4))
+    with serving(create_app(server, operations=ops)) as url:
+        yield url, ops
+
+
+def _scrape(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics").text
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = s.name + json.dumps(dict(sorted(s.labels.items())))
+            out[key] = s.value
+    return out
+
+
+def _sum(samples: dict[str, float], name: str) -> float:
+    return sum(v for k, v in samples.items() if k.split("{")[0] == name)
+
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "The cat sat on"}],
+        "options": {"temperature": 0, "num_predict": 12}}
+
+
+def _ndjson(url: str, body: dict) -> tuple[httpx.Headers, list[dict]]:
+    with httpx.stream("POST", url + "/api/chat", json=body, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        return r.headers, [json.loads(line) for line in r.iter_lines() if line.strip()]
+
+
+def test_a_cache_hit_streams_like_the_original(served):
+    url, ops = served
+    body = {**CHAT, "messages": [{"role": "user", "content": "The dog slept on"}]}
+    h1, first = _ndjson(url, body)
+    h2, again = _ndjson(url, body)
+    assert h1["x-oficina-cache"] == "miss" and h2["x-oficina-cache"] == "hit"
+    pieces = [x["message"]["content"] for x in first[:-1]]
+    assert len(pieces) > 1 and [x["message"]["content"] for x in again[:-1]] == pieces  # same chunks
+    assert all(not x["done"] for x in again[:-1]) and again[-1]["done"]
+    for k in ("done_reason", "eval_count", "prompt_eval_count"):
+        assert again[-1][k] == first[-1][k]
+    assert again[-1]["cost"] == 0 and first[-1]["cost"] > 0   # a hit computes nothing
+    # any other option, or sampling without a seed, is not served from the cache
+    h3, _ = _ndjson(url, {**body, "options": {"temperature": 0, "num_predict": 11}})
+    h4, _ = _ndjson(url, {**body, "options": {"temperature": 0.7, "num_predict": 4}})
+    assert h3["x-oficina-cache"] == "miss" and h4["x-oficina-cache"] == "skip"
+    # non-streamed, through the OpenAI route: same text, the header says so, cost in a header
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x")
+    raw = client.chat.completions.with_raw_response.create(model="tiny", messages=body["messages"],
+                                                           temperature=0, max_tokens=12)
+    assert raw.headers["x-oficina-cache"] == "hit"
+    assert raw.parse().choices[0].message.content == "".join(pieces)
+    assert raw.headers["x-oficina-cost"] == f"{0:.8f} USD"
+
+
+def test_metrics_move_and_each_request_is_logged_with_its_cost(served):
+    url, ops = served
+    import ollama
+
+    before = _scrape(url)
+    n_before = ops.log.count()
+    client = ollama.Client(host=url)
+    r = client.chat(model="tiny", messages=[{"role": "user", "content": "Paris is"}],
+                    options={"temperature": 0, "num_predict": 8})
+    client.generate(model="tiny", prompt="Lisbon is", options={"seed": 3, "num_predict": 6})
+    client.generate(model="tiny", prompt="Lisbon is", options={"seed": 3, "num_predict": 6})  # a hit
+    with pytest.raises(ollama.ResponseError):
+        client.chat(model="tiny", messages=[{"role": "user", "content": "x"}], options={"temperature": -1})
+    after = _scrape(url)
+    moved = {name: _sum(after, name) - _sum(before, name) for name in (
+        "oficina:requests_total", "oficina:time_to_first_token_seconds_count",
+        "oficina:inter_token_latency_seconds_count", "oficina:e2e_request_latency_seconds_count",
+        "oficina:request_queue_time_seconds_count", "oficina:prompt_tokens_total",
+        "oficina:generation_tokens_total", "oficina:response_cache_hits_total",
+        "oficina:response_cache_queries_total", "oficina:prefix_cache_queries_total",
+        "oficina:request_errors_total", "oficina:cost_total")}
+    assert moved["oficina:requests_total"] == 3 and moved["oficina:response_cache_hits_total"] == 1
+    assert moved["oficina:request_errors_total"] == 1
+    assert all(v > 0 for v in moved.values()), moved
+    for gauge in ("oficina:num_requests_running", "oficina:num_requests_waiting", "oficina:kv_cache_usage_perc"):
+        assert after[gauge + '{"model": "tiny:latest"}'] == 0   # back to idle
+    entries = ops.log.find(limit=4)
+    assert ops.log.count() == n_before + 4
+    failed, hit, miss, chat = entries
+    assert failed.failed and "temperature" in failed.error and failed.model == "tiny"
+    assert hit.cached and hit.output == miss.output and hit.cost == 0.0
+    assert chat.output == r.message.content and chat.route == "/api/chat"
+    assert chat.cost == pytest.approx((chat.prompt_tokens * 1.0 + chat.output_tokens * 2.0) / 1000)
+    assert chat.digest.startswith("sha256:") and chat.ttft_s > 0 and chat.total_s >= chat.ttft_s
+    assert miss.messages == [{"role": "user", "content": "Lisbon is"}] and miss.options["seed"] == 3
+
+
+def test_no_cache_and_no_log(tiny_home):
+    ops = Operations(tiny_home / "other", cache=False, log=False)
+    server = Server(Pool(tiny_home, slots=2))
+    with serving(create_app(server, operations=ops)) as url:
+        h, _ = _ndjson(url, CHAT)
+        h2, _ = _ndjson(url, CHAT)
+        assert h["x-oficina-cache"] == h2["x-oficina-cache"] == "skip"
+        assert "oficina:requests_total" in httpx.get(url + "/metrics").text
+    assert not (tiny_home / "other" / "logs.db").exists() and not (tiny_home / "other" / "cache.db").exists()
