@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
+import ui_helpers as u
 
 import oficina
 from oficina import inspect
 from oficina.options import PARAMS
 from oficina.ui import STATIC, routes
-
-import ui_helpers as u
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +173,7 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(ui_home, shots):
-    with u.Server(u.serve_app()) as server:
+    with u.Server(u.serve_app(ui_home)) as server:
         driver = u.chromium(shots.parent / "browser")
         driver.base = server.url
         try:
@@ -291,7 +289,7 @@ def test_playground_redraws_when_temperature_moves(browser, shots):
     hot = [float(b.get_attribute("data-prob-after")) for b in css(browser, ".bars .bar")]
     assert max(hot) < max(before)  # a higher temperature flattens the distribution
     first = css(browser, ".bars .bar")[0]
-    token, prompt = first.get_attribute("data-token"), css(browser, "input[data-role=prompt]")[0]
+    token = first.get_attribute("data-token")
     first.click()
     wait(browser, lambda d: d.find_element("css selector", "input[data-role=prompt]").get_attribute("value") == "The sky is" + token)
     browser.save_screenshot(str(shots / "playground.png"))
@@ -313,7 +311,7 @@ def test_attention_page_draws_the_heat_map(browser, shots):
     for tab in ("tokens", "similarity", "card"):
         open_page(browser, f"inside/{tab}")
         target = {"tokens": ".tokens .tk", "similarity": "svg.heatmap", "card": "svg.histogram"}[tab]
-        wait(browser, lambda d: css(d, target), what=tab)
+        wait(browser, lambda d, target=target: css(d, target), what=tab)
         browser.save_screenshot(str(shots / f"inside-{tab}.png"))
     no_console_errors(browser)
 
@@ -361,7 +359,7 @@ def test_arena_round_blind_vote_and_export(browser, shots):
 def test_smollm2_chat_in_the_browser(real_registry, shots, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OFICINA_HOME", str(real_registry.home))
-        with u.Server(u.serve_app()) as server:
+        with u.Server(u.serve_app(real_registry.home)) as server:
             d = u.chromium(tmp_path)
             d.base = server.url
             try:

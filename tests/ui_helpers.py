@@ -1,20 +1,16 @@
 """What the browser tests need: tiny models in a registry (one whose every answer is an XSS
 attempt), a real HTTP server on a free loopback port, and a headless Chromium.
 
-``serve_app`` is oficina's server when it is there (``oficina.serve``); until that lands, a
-stand-in with the two Ollama routes the pages use (``/api/tags``, ``/api/chat`` streamed as
-NDJSON over ``Model.chat_stream``) plus the UI's own routes."""
+``serve_app`` is ``oficina serve``'s app with its operations installed."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 from pathlib import Path
 
 import torch
-from fastapi import Request  # module level: FastAPI resolves the handlers' string annotations here
 
 import tiny
 
@@ -61,53 +57,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def standin_app():
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
-
-    from oficina.api import load
-    from oficina.registry.registry import Registry
-    from oficina.ui import routes
-
-    app = FastAPI()
-    app.include_router(routes.router())
-    loaded: dict[str, object] = {}
-    lock = threading.Lock()
-
-    @app.get("/api/tags")
-    def tags():
-        return {"models": [{"name": e.name, "model": e.name} for e in Registry().list()]}
-
-    @app.post("/api/chat")
-    async def chat(request: Request):
-        body = await request.json()
-        try:
-            with lock:
-                model = loaded.get(body["model"]) or loaded.setdefault(body["model"], load(body["model"]))
-            opts = body.get("options") or {}
-            stream = model.chat_stream(body["messages"], **opts)
-        except Exception as e:  # the stand-in answers errors the way Ollama does
-            return JSONResponse({"error": str(e)}, status_code=400)
-
-        def lines():
-            t0 = time.perf_counter()
-            with lock:
-                for piece in stream:
-                    yield json.dumps({"model": body["model"], "message": {"role": "assistant", "content": piece},
-                                      "done": False}) + "\n"
-                s = model.last_stats
-            yield json.dumps({"model": body["model"], "message": {"role": "assistant", "content": ""},
-                              "done": True, "done_reason": s.done_reason,
-                              "total_duration": int(1e9 * (time.perf_counter() - t0)),
-                              "prompt_eval_count": s.prompt_tokens, "eval_count": s.eval_tokens,
-                              "prompt_eval_duration": int(1e9 * s.prompt_seconds),
-                              "eval_duration": int(1e9 * s.eval_seconds),
-                              **({"truncated": s.truncated} if s.truncated else {})}) + "\n"
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    return app
-
-
 class Server:
     """uvicorn in a thread of the test process, on a free loopback port."""
 
@@ -149,6 +98,13 @@ def chromium(download_dir: Path):
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=o)
 
 
-def serve_app():
-    """oficina's own server app once the serve branch provides one, else the stand-in."""
-    return standin_app()
+
+def serve_app(home: Path):
+    """oficina's server app over ``home``, with its operations (conversation log, metrics, cache)
+    as ``oficina serve`` runs them."""
+    from oficina.serve.app import create_app
+    from oficina.serve.native import Server
+    from oficina.serve.operate import Operations
+    from oficina.serve.pool import Pool
+
+    return create_app(Server(Pool(home)), operations=Operations(home))
