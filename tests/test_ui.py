@@ -174,7 +174,8 @@ def shots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def browser(ui_home, shots):
     with u.Server(u.serve_app(ui_home)) as server:
-        driver = u.chromium(shots.parent / "browser")
+        driver = u.chromium(shots.parent / "downloads")
+        driver.downloads = shots.parent / "downloads"
         driver.base = server.url
         try:
             yield driver
@@ -325,9 +326,39 @@ def test_models_runs_and_monitor_pages(browser, shots):
     open_page(browser, "runs")
     wait(browser, lambda d: css(d, "svg.lines polyline"), what="loss curve")
     browser.save_screenshot(str(shots / "runs.png"))
-    for page in ("monitor", "logs"):
-        open_page(browser, page)
-        browser.save_screenshot(str(shots / f"{page}.png"))
+    open_page(browser, "monitor")
+    wait(browser, lambda d: "tiny:latest" in d.find_element("css selector", "main").text, what="stats by model")
+    wait(browser, lambda d: "time_to_first_token" in d.find_element("css selector", "main").text, what="/metrics")
+    browser.save_screenshot(str(shots / "monitor.png"))
+
+
+@needs_browser
+def test_rate_an_answer_and_find_it_in_the_export(browser, shots):
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, "chat")
+    send_chat(browser, "tiny:latest", "Which colour is the sky?")
+    open_page(browser, "logs")
+    row = wait(browser, lambda d: [r for r in css(d, "main table tbody tr") if "Which colour is the sky?" in r.text],
+               what="the chat in the log")[0]
+    row.find_element("css selector", "button").click()
+    form = wait(browser, lambda d: css(d, "form.rate"))[0]
+    Select(form.find_element("css selector", "select")).select_by_value("bad")
+    form.find_element("css selector", "textarea").send_keys("Blue, on a clear day.")
+    Select(form.find_element("css selector", "select[data-score=fluency]")).select_by_value("2")
+    Select(form.find_element("css selector", "select[data-score=factuality]")).select_by_value("1")
+    form.find_element("css selector", "button[type=submit]").click()
+    wait(browser, lambda d: "fluency 2/5, factuality 1/5" in d.find_element("css selector", "form.rate").text, what="the saved rating")
+    browser.save_screenshot(str(shots / "logs.png"))
+    next(b for b in css(browser, "button") if b.text == "Chat records for oficina tune").click()
+    path = browser.downloads / "oficina-chat.jsonl"
+    wait(browser, lambda d: path.is_file() and path.read_text().strip(), what="the exported file")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {"role": "assistant", "content": "Blue, on a clear day."} in records[-1]["messages"]
+    assert {"role": "user", "content": "Which colour is the sky?"} in records[-1]["messages"]
+    from oficina.tuning import data  # the reader `oficina tune` uses
+
+    assert data.read(path).shape == "chat"
 
 
 @needs_browser

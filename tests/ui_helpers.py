@@ -94,8 +94,9 @@ def chromium(download_dir: Path):
               "--window-size=1280,900"):
         o.add_argument(a)
     o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    o.add_experimental_option("prefs", {"download.default_directory": str(download_dir)})
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=o)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=o)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
+    return driver
 
 
 

@@ -1,8 +1,7 @@
 // Monitoring: the server's Prometheus metrics (GET /metrics), summed per model; latency
 // percentiles estimated from the histogram buckets as Prometheus' histogram_quantile does.
-import { get } from "../api.js";
+import { apiKey, get } from "../api.js";
 import { errorBox, h } from "../dom.js";
-import { apiKey } from "../api.js";
 
 let timer = null;
 export const leave = () => clearInterval(timer);
@@ -34,9 +33,27 @@ export function quantile(q, buckets) {
   return prevLe;
 }
 
+const f = (x, d = 3) => (x === null || x === undefined ? "–" : (+x).toFixed(d));
+
+// `oficina stats` from the conversation log: latency, tokens/s and cost by model and by day.
+async function logStats(box) {
+  try {
+    const s = await get("/api/ui/stats");
+    box.replaceChildren(h("h2", {}, "From the conversation log (oficina stats)"),
+      h("table", {}, h("thead", {}, h("tr", {}, ["model", "requests", "failed", "cached", "latency p50 s", "p95 s", "first token p50 s", "p95 s", "tokens/s", "tokens in+out", "cost"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, s.models.map((m) => h("tr", {}, h("td", {}, m.model), ...[m.requests, m.failed, m.cached].map((v) => h("td", { class: "n" }, v)),
+          ...[m.latency_p50, m.latency_p95, m.ttft_p50, m.ttft_p95].map((v) => h("td", { class: "n" }, f(v))), h("td", { class: "n" }, f(m.tokens_per_s, 1)),
+          h("td", { class: "n" }, `${m.prompt_tokens}+${m.output_tokens}`), h("td", { class: "n" }, f(m.cost, 4)))))),
+      h("h2", {}, "By day"),
+      h("table", {}, h("thead", {}, h("tr", {}, ["day", "model", "requests", "tokens", "cost"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, s.days.map((d) => h("tr", {}, h("td", {}, d.day), h("td", {}, d.model), h("td", { class: "n" }, d.requests), h("td", { class: "n" }, d.tokens), h("td", { class: "n" }, f(d.cost, 4)))))));
+  } catch (e) { box.replaceChildren(errorBox(e)); }
+}
+
 export async function render(main) {
-  const box = h("section", { "aria-live": "polite" });
-  main.append(h("h1", {}, "Monitoring"), box);
+  const box = h("section", { "aria-live": "polite" }), stats = h("section");
+  main.append(h("h1", {}, "Monitoring"), stats, h("h2", {}, "Live metrics (GET /metrics)"), box);
+  await logStats(stats);
   async function draw() {
     let text;
     try {
@@ -70,7 +87,7 @@ export async function render(main) {
         lat.length ? h("table", {}, h("thead", {}, h("tr", {}, ["histogram", "count", "p50", "p95", "p99"].map((c) => h("th", {}, c)))), h("tbody", {}, lat)) : null,
         counters.length ? h("table", {}, h("tbody", {}, counters.map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", { class: "n" }, +v.toPrecision(6)))))) : null);
     }
-    box.replaceChildren(h("p", { class: "hint" }, "From GET /metrics, refreshed every 5 s. Percentiles are interpolated within histogram buckets."), ...tables);
+    box.replaceChildren(h("p", { class: "hint" }, "Refreshed every 5 s. Percentiles are interpolated within histogram buckets, as Prometheus' histogram_quantile does."), ...tables);
   }
   await draw();
   timer = setInterval(draw, 5000);
