@@ -405,3 +405,31 @@ def test_smollm2_chat_in_the_browser(real_registry, shots, tmp_path):
                 d.save_screenshot(str(shots / "chat-smollm2.png"))
             finally:
                 d.quit()
+
+
+@pytest.mark.slow  # a fresh `oficina serve` process imports torch: tens of seconds on a busy machine
+def test_oficina_ui_starts_the_server_and_prints_the_address(ui_home, tmp_path):
+    """`oficina ui` on a free port: starts `oficina serve` in the background, waits for it, prints
+    the page's address; a second call finds it running and starts nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = u.free_port()
+    env = {**os.environ, "OFICINA_HOME": str(ui_home)}
+    cmd = [sys.executable, "-m", "oficina", "ui", "--port", str(port), "--no-browser"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    pid = int(re.search(r"pid (\d+)", first.stdout).group(1)) if "pid" in first.stdout else None
+    try:
+        assert first.returncode == 0, first.stderr
+        assert f"started oficina serve on 127.0.0.1:{port}" in first.stdout
+        assert first.stdout.strip().endswith(f"http://127.0.0.1:{port}/ui/")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/", timeout=10) as r:
+            assert "Content-Security-Policy" in r.headers and b"/ui/js/app.js" in r.read()
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "started" not in again.stdout
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGTERM)
