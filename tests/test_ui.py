@@ -252,6 +252,31 @@ def test_chat_streams_an_answer_with_stats(browser, shots):
     no_console_errors(browser)
 
 
+def set_option(driver, name, value):
+    from selenium.webdriver.common.keys import Keys
+
+    box = wait(driver, lambda d: css(d, f".opt[data-name={name}] input[type=number]"))[0]
+    box.send_keys(Keys.CONTROL, "a")  # modifiers are held until the end of one send_keys call
+    box.send_keys(Keys.BACKSPACE, str(value))
+
+
+@needs_browser
+def test_chat_shows_cache_hits_and_truncation(browser):
+    open_page(browser, "chat")
+    set_option(browser, "temperature", 0)
+    set_option(browser, "num_predict", 4)
+    new_chat = next(b for b in css(browser, "button") if b.text == "New chat")
+    first = send_chat(browser, "tiny:latest", "Once more, please.").text
+    new_chat.click()
+    again = send_chat(browser, "tiny:latest", "Once more, please.").text
+    assert "cache miss" in first and "cache hit" in again, (first, again)
+    new_chat.click()
+    set_option(browser, "num_ctx", 16)
+    long = send_chat(browser, "tiny:latest", "The cat sat on the sofa while the dog slept. " * 4)
+    notice = long.find_element("css selector", ".notice").text
+    assert notice.startswith("The prompt was truncated") and "num_ctx" in notice
+
+
 @needs_browser
 def test_model_answer_with_markup_is_shown_as_text_and_runs_nothing(browser, shots):
     open_page(browser, "chat")

@@ -28,9 +28,10 @@ export const post = async (path, body, method = "POST", signal) =>
   parse(await fetch(path, { method, headers: headers(), body: JSON.stringify(body), signal }));
 
 // Ollama's streaming: one JSON object per line; yields each as it arrives.
-export async function* ndjson(path, body, signal) {
+export async function* ndjson(path, body, signal, onHeaders) {
   const r = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
   if (!r.ok) await parse(r);
+  onHeaders?.(r.headers);
   const reader = r.body.getReader();
   const dec = new TextDecoder();
   let buf = "";

@@ -21,6 +21,7 @@ async function route() {
   } catch (e) {
     main.append(errorBox(e));
   }
+  performance.mark(`rendered:${name}`);  // read by bench/bench_ui.py
 }
 
 const key = document.getElementById("api-key");

@@ -15,8 +15,8 @@ function statsLine(last, elapsed) {
   if (last.eval_count !== undefined) parts.push(`answer ${last.eval_count} tokens`);
   if (last.total_duration) parts.push(`${(last.total_duration / 1e9).toFixed(2)} s total`);
   if (last.done_reason) parts.push(`finished: ${last.done_reason}`);
-  if (last.cached !== undefined) parts.push(last.cached ? "cache hit" : "not cached");
-  if (last.cost !== undefined) parts.push(`cost ${last.cost}`);
+  if (last.cache) parts.push(last.cache === "hit" ? "cache hit" : `cache ${last.cache}`);
+  if (last.cost !== undefined) parts.push(`cost ${+last.cost.toPrecision(3)}`);
   return parts.join(" · ");
 }
 
@@ -53,14 +53,15 @@ export async function render(main) {
     abort = new AbortController();
     send.disabled = true; stop.disabled = false;
     const t0 = performance.now();
-    let answer = "", last = {};
+    let answer = "", last = {}, cache = null;
     try {
-      for await (const chunk of ndjson("/api/chat", { model: picker.value(), messages: msgs, options: { ...opts.values }, stream: true }, abort.signal)) {
+      const body = { model: picker.value(), messages: msgs, options: { ...opts.values }, stream: true };
+      for await (const chunk of ndjson("/api/chat", body, abort.signal, (hd) => { cache = hd.get("X-Oficina-Cache"); })) {
         if (chunk.error) throw new Error(chunk.error);
         const piece = chunk.message?.content || "";
         answer += piece;
         body.textContent = answer;  // text, never markup
-        if (chunk.done) last = chunk;
+        if (chunk.done) last = { ...chunk, cache };
       }
       el.append(h("div", { class: "stats" }, statsLine(last, (performance.now() - t0) / 1000)));
       if (last.truncated) el.append(h("div", { class: "notice", role: "note" }, `The prompt was truncated: ${typeof last.truncated === "string" ? last.truncated : "it did not fit num_ctx"}`));
