@@ -458,3 +458,50 @@ def test_oficina_ui_starts_the_server_and_prints_the_address(ui_home, tmp_path):
     finally:
         if pid:
             os.kill(pid, signal.SIGTERM)
+
+
+def test_ui_routes_carry_the_api_key_scopes(ui_home):
+    """In serve's route table, with keys configured: the page itself is public, the rest needs a
+    key of the route's scope (read < inference < admin)."""
+    from fastapi.testclient import TestClient
+
+    from oficina.serve.app import create_app
+    from oficina.serve.auth import Key, Policy, digest
+    from oficina.serve.native import Server
+    from oficina.serve.pool import Pool
+
+    keys = [Key(s, digest(f"key-{s}"), s) for s in ("read", "inference", "admin")]
+    app = create_app(Server(Pool(ui_home)), Policy("127.0.0.1", keys))
+    calls = {"GET /ui/": "public", "GET /api/options": "read", "GET /api/ui/models": "read",
+             "POST /api/inspect/tokenize": "inference", "POST /api/ui/rollback": "admin",
+             "GET /api/ui/logs": "admin", "GET /api/ui/logs/export": "admin"}
+    order = ["public", "read", "inference", "admin"]
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        for call, scope in calls.items():
+            method, path = call.split()
+            for key in (None, "read", "inference", "admin"):
+                headers = {"Authorization": f"Bearer key-{key}"} if key else {}
+                r = c.request(method, path, headers=headers, json={"model": "tiny", "text": "x", "name": "nope"})
+                allowed = order.index(scope) <= order.index(key or "public")
+                assert (r.status_code not in (401, 403)) == allowed, (call, key, r.status_code, r.text)
+
+
+@needs_browser
+def test_pages_send_the_api_key_typed_in_the_header(ui_home, browser):
+    from oficina.serve.app import create_app
+    from oficina.serve.auth import Key, Policy, digest
+    from oficina.serve.native import Server
+    from oficina.serve.pool import Pool
+
+    app = create_app(Server(Pool(ui_home)), Policy("127.0.0.1", [Key("me", digest("s3cret"), "inference")]))
+    with u.Server(app) as server:
+        browser.get("about:blank")
+        browser.get(f"{server.url}/ui/#playground")
+        wait(browser, lambda d: "401" in d.find_element("css selector", "main").text
+             or "key" in d.find_element("css selector", "main").text.lower(), what="the refusal without a key")
+        box = css(browser, "#api-key")[0]
+        box.send_keys("s3cret")
+        box.send_keys("\n")
+        browser.execute_script("document.getElementById('api-key').dispatchEvent(new Event('change'))")
+        wait(browser, lambda d: [s for s in css(d, "p.summary") if s.get_attribute("data-kept")], what="the playground with the key")
+        browser.execute_script("sessionStorage.clear()")

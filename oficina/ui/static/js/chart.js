@@ -2,6 +2,8 @@
 // SVG text nodes (textContent), so token text shows as typed.
 import { s } from "./dom.js";
 
+const build = (el, attrs) => { for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v); return el; };
+
 // White -> deep blue for weights in [0, 1]; blue <-> red for similarities in [-1, 1].
 export const blue = (x) => { const t = Math.max(0, Math.min(1, x)); return `rgb(${Math.round(255 - 224 * t)},${Math.round(255 - 177 * t)},${Math.round(255 - 134 * t)})`; };
 export const diverging = (x) => x >= 0 ? blue(x) : `rgb(255,${Math.round(255 + 180 * x)},${Math.round(255 + 180 * x)})`;
@@ -16,7 +18,12 @@ export function heatmap(matrix, rowLabels, colLabels, { cell = 26, color = blue,
   const svg = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title, class: "heatmap" }, s("title", {}, title));
   rowLabels.forEach((l, i) => {
     const t = s("text", { x: left - 4, y: top + i * cell + cell / 2 + 4, "text-anchor": "end", class: onRow ? "rowlabel link" : "rowlabel" }, clip(l, 16));
-    if (onRow) { t.addEventListener("click", () => onRow(i)); t.style.cursor = "pointer"; }
+    if (onRow) {  // a focusable button for keyboards and screen readers, not only a click target
+      build(t, { tabindex: 0, role: "button", "aria-label": `${l}: its top five` });
+      t.addEventListener("click", () => onRow(i));
+      t.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); onRow(i); } });
+      t.style.cursor = "pointer";
+    }
     svg.append(t);
   });
   colLabels.forEach((l, j) => {
