@@ -221,7 +221,7 @@ def no_console_errors(driver):
     assert not errors, errors
 
 
-def send_chat(driver, model, text):
+def send_chat(driver, model, text, timeout=30):
     choose(driver, "model", model)
     box = css(driver, "form.ask textarea")[0]
     box.send_keys(text)
@@ -233,7 +233,7 @@ def send_chat(driver, model, text):
         .observe(document.querySelector('.messages'), {subtree: true, childList: true, characterData: true});""")
     before = len(css(driver, ".msg.assistant[data-done]"))
     css(driver, "form.ask button[type=submit]")[0].click()
-    return wait(driver, lambda d: css(d, ".msg.assistant[data-done]")[before:], what="the answer to finish")[-1]
+    return wait(driver, lambda d: css(d, ".msg.assistant[data-done]")[before:], timeout, "the answer to finish")[-1]
 
 
 @needs_browser
@@ -420,10 +420,8 @@ def test_smollm2_chat_in_the_browser(real_registry, shots, tmp_path):
             d.base = server.url
             try:
                 open_page(d, "chat")
-                num = wait(d, lambda d: css(d, ".opt[data-name=num_predict] input[type=number]"))[0]
-                num.clear()
-                num.send_keys("24")
-                answer = send_chat(d, "smollm2:latest", "What color is the sky on a clear day?")
+                set_option(d, "num_predict", 24)
+                answer = send_chat(d, "smollm2:latest", "What color is the sky on a clear day?", timeout=300)
                 text = answer.find_element("css selector", ".text").text
                 assert re.search(r"blue", text, re.I), text
                 assert len(set(d.execute_script("return window.seen"))) >= 3

@@ -55,8 +55,8 @@ export async function render(main) {
     const t0 = performance.now();
     let answer = "", last = {}, cache = null;
     try {
-      const body = { model: picker.value(), messages: msgs, options: { ...opts.values }, stream: true };
-      for await (const chunk of ndjson("/api/chat", body, abort.signal, (hd) => { cache = hd.get("X-Oficina-Cache"); })) {
+      const request = { model: picker.value(), messages: msgs, options: { ...opts.values }, stream: true };
+      for await (const chunk of ndjson("/api/chat", request, abort.signal, (hd) => { cache = hd.get("X-Oficina-Cache"); })) {
         if (chunk.error) throw new Error(chunk.error);
         const piece = chunk.message?.content || "";
         answer += piece;
