@@ -150,6 +150,25 @@ def test_lineage_follows_parents_across_names(client, ui_home):
     reg.remove("tiny-lora")
 
 
+def test_arena_votes_add_up_per_pair_with_a_wilson_interval(client):
+    from oficina.ui.arena import wilson
+
+    lo, hi = wilson(8, 10)  # the textbook case: 8 of 10, 95% -> 0.490 .. 0.943
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    assert wilson(0, 0) == (0.0, 1.0) and wilson(5, 5)[1] == 1.0
+    vote = {"prompt": "2+2?", "answers": ["4", "5"]}
+    for a, b, winner in [("m1", "m2", "a"), ("m2", "m1", "b"), ("m1", "m2", "tie"), ("m2", "m1", "a")]:
+        r = client.post("/api/ui/arena/vote", json={**vote, "a": a, "b": b, "winner": winner})
+        assert r.status_code == 200, r.text
+    pair = next(p for p in client.get("/api/ui/arena").json()["pairs"] if p["first"] == "m1")
+    assert (pair["wins"], pair["losses"], pair["ties"]) == (2, 1, 1)  # A-vs-B and B-vs-A add up
+    assert pair["win_rate"] == pytest.approx(2.5 / 4) and pair["interval"] == pytest.approx(list(wilson(2.5, 4)))
+    bad = client.post("/api/ui/arena/vote", json={**vote, "a": "m1", "b": "m2", "winner": "both"})
+    assert bad.status_code == 400 and "winner" in bad.json()["error"]
+    lines = client.get("/api/ui/arena/export", params={"format": "pairs"}).text.splitlines()
+    assert json.loads(lines[0]) == {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+
+
 def test_runs_route_reads_the_loss_history(client, ui_home):
     state = ui_home / "runs" / "tune-tiny" / "checkpoints" / "step-00000004"
     state.mkdir(parents=True)
@@ -402,10 +421,16 @@ def test_arena_round_blind_vote_and_export(browser, shots):
     winner = 0 if texts[0] == u.XSS * 3 else 1
     next(b for b in css(browser, "button") if b.text == f"Answer {winner + 1} is better").click()
     wait(browser, lambda d: "xss:latest" in css(d, ".pair .who")[winner].text.lower(), what="the reveal")
-    row = wait(browser, lambda d: css(d, "main table tbody tr"))[0].text
-    assert "tiny:latest" in row and "xss:latest" in row
-    votes = browser.execute_script("return JSON.parse(localStorage.getItem('oficina.arena'))")
-    assert votes[-1]["winner"] == "b" and votes[-1]["answers"][1] == u.XSS * 3
+    rows = wait(browser, lambda d: [r.text for r in css(d, "main table tbody tr") if "tiny:latest" in r.text])
+    assert rows[0].startswith("tiny:latest xss:latest 0 1 0 0%")  # xss won its one vote
+    next(b for b in css(browser, "button") if b.text == "Export preference pairs (dpo)").click()
+    path = browser.downloads / "arena-pairs.jsonl"
+    wait(browser, lambda d: path.is_file() and path.read_text().strip(), what="the exported pairs")
+    pair = json.loads(path.read_text().splitlines()[-1])
+    assert pair["chosen"] == u.XSS * 3 and pair["rejected"] != pair["chosen"]
+    from oficina.tuning import data  # the reader `oficina dpo` uses
+
+    assert data.read(path).shape == "preference"
     browser.save_screenshot(str(shots / "arena.png"))
 
 

@@ -6,7 +6,8 @@ the server's one route table takes in (``serve/app.py``):
 - ``GET /api/options``: the Options table (names, types, defaults, ranges, help), so a parameter
   added to ``oficina/options.py`` shows up as a control without UI code.
 - ``POST /api/inspect/*`` (``inspect_routes``), ``/api/ui/models|lineage|card|rollback|runs|
-  evaluations`` (``registry_routes``), ``/api/ui/logs*`` and ``/api/ui/stats`` (``log_routes``).
+  evaluations`` (``registry_routes``), ``/api/ui/logs*`` and ``/api/ui/stats`` (``log_routes``),
+  ``/api/ui/arena*`` (``arena``).
 
 Handlers take the starlette ``Request``; every state-changing one also refuses other origins.
 """
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from ..options import PARAMS
-from . import STATIC, inspect_routes as ins, log_routes as logs, registry_routes as reg
+from . import STATIC, arena, inspect_routes as ins, log_routes as logs, registry_routes as reg
 from .http import SECURITY_HEADERS, Route, error, handler
 
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -74,6 +75,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/ui/logs/rate", handler(logs.rate, True), "admin"),
     Route("GET", "/api/ui/logs/export", handler(logs.export), "admin"),
     Route("GET", "/api/ui/stats", handler(logs.stats), "read"),
+    Route("POST", "/api/ui/arena/vote", handler(arena.vote, True), "inference"),
+    Route("GET", "/api/ui/arena", handler(arena.results), "read"),
+    Route("GET", "/api/ui/arena/export", handler(arena.export), "admin"),  # holds people's prompts
 )
 
 
