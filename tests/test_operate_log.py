@@ -198,6 +198,7 @@ def tiny_base(tmp_path, home):
     return reg
 
 
+@pytest.mark.slow
 def test_a_tiny_model_trains_on_the_exported_files(reviewed, tiny_base, tmp_path, capsys):
     import torch
 

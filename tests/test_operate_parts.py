@@ -214,3 +214,26 @@ def test_every_named_metric_is_exposed_and_moves():
     assert after["oficina:request_errors"][
         ("oficina:request_errors_total", (("kind", "error"), ("model", "tiny"), ("route", "/v1/chat/completions")))] == 1
     assert _total(after["oficina:inter_token_latency_seconds"], "_count") == 2
+
+
+# -- prefix reuse in the runner (what the prefix-cache counters count) ------------------------------
+def test_a_prompt_that_shares_only_a_prefix_reuses_it_and_gets_the_same_logits(tmp_path):
+    import tiny
+    import torch
+
+    from oficina.generation.hf_runner import TransformersRunner
+
+    model = tiny.build("llama", tmp_path / "m")
+    runner = TransformersRunner(model, [1], 256, max_batch=2)
+    first = list(range(5, 25))
+    slot, reused = runner.acquire(first)
+    runner.prefill(slot, first, reused)
+    runner.decode([slot], [7])
+    runner.release(slot)
+    second = first[:10] + [99, 98]            # diverges after 10 ids: the cache is cut back to them
+    slot, reused = runner.acquire(second)
+    assert reused == 10
+    logits = runner.prefill(slot, second, reused)
+    fresh = TransformersRunner(model, [1], 256, max_batch=1)
+    s, _ = fresh.acquire(())
+    assert torch.allclose(logits, fresh.prefill(s, second, 0), atol=1e-5)

@@ -4,16 +4,13 @@ prometheus-client's parser and moving, cost headers, one log entry per request."
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
 import tiny
 from prometheus_client.parser import text_string_to_metric_families
+from servers import serving
 
 from oficina.registry.registry import Registry
 from oficina.registry.sources import import_path
@@ -22,6 +19,8 @@ from oficina.serve.app import create_app
 from oficina.serve.native import Server
 from oficina.serve.operate import Operations
 from oficina.serve.pool import Pool
+
+pytestmark = pytest.mark.slow  # real server processes, tens of seconds on a shared CPU
 
 PRICES = '[models.tiny]\nprompt_per_1k = 1.0\noutput_per_1k = 2.0\n'
 
@@ -36,29 +35,6 @@ def tiny_home(tmp_path_factory):
     tiny.build("llama", folder)
     import_path(Registry(home), folder, "tiny")
     return home
-
-
-@contextlib.contextmanager
-def serving(app):
-    """uvicorn in a thread on a free loopback port; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +144,17 @@ def test_no_cache_and_no_log(tiny_home):
         assert h["x-oficina-cache"] == h2["x-oficina-cache"] == "skip"
         assert "oficina:requests_total" in httpx.get(url + "/metrics").text
     assert not (tiny_home / "other" / "logs.db").exists() and not (tiny_home / "other" / "cache.db").exists()
+
+
+def test_a_growing_chat_reuses_its_prefix_and_the_counters_say_so(served):
+    url, _ = served
+    before = _scrape(url)
+    turns = [{"role": "user", "content": "Tell me about the sky"}]
+    for word in ("sun", "river", "stone"):
+        _, lines = _ndjson(url, {"model": "tiny", "messages": turns, "options": {"temperature": 0.5, "num_predict": 4}})
+        turns = [*turns, {"role": "assistant", "content": "".join(x["message"]["content"] for x in lines)},
+                 {"role": "user", "content": f"And the {word}?"}]
+    after = _scrape(url)
+    queried = _sum(after, "oficina:prefix_cache_queries_total") - _sum(before, "oficina:prefix_cache_queries_total")
+    reused = _sum(after, "oficina:prefix_cache_hits_total") - _sum(before, "oficina:prefix_cache_hits_total")
+    assert 0 < reused < queried      # later turns reuse the earlier turns' KV, never the whole prompt

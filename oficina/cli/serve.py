@@ -56,12 +56,16 @@ def serve(args) -> int:
     policy = Policy(host, keys, tuple(args.allow_host or ()), tuple(args.cors_origin or ()), args.rate)
     pool = Pool(keep_alive=parse_keep_alive(args.keep_alive), memory_budget=_bytes(args.memory),
                 slots=args.slots, max_queue=args.max_queue)
-    app = create_app(Server(pool, request_timeout=args.timeout or None), policy)
+    from ..serve import operate
+
+    ops = operate.from_args(args)
+    app = create_app(Server(pool, request_timeout=args.timeout or None), policy, operations=ops)
     names = [e.name for e in registry().list()]
     print(f"oficina serving on http://{host}:{port}  (Ollama API at /api, OpenAI API at /v1)", flush=True)
     print(f"models: {', '.join(n.removesuffix(':latest') for n in names) or 'none yet (oficina pull NAME)'}", flush=True)
     if keys:
         print(f"API keys required: {len(keys)} configured", flush=True)
+    print(ops.describe(), flush=True)
     # uvicorn stops on SIGINT/SIGTERM: no new connections, in-flight requests finish (up to the
     # graceful timeout), then the lifespan closes every scheduler. Afterwards it re-raises the
     # signal to the handlers it found; these make that a clean exit 0 instead of a kill.
@@ -144,6 +148,9 @@ def register(sub) -> None:
     s.add_argument("--slots", type=int, default=8, help="sequences decoded together per model (default 8)")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting per model before 503 (default 64)")
     s.add_argument("--timeout", type=float, default=600, help="seconds one generation may take (default 600)")
+    from ..serve.operate import add_flags
+
+    add_flags(s)
     s.set_defaults(func=serve)
 
     s = sub.add_parser("ps", help="models the running server has loaded")

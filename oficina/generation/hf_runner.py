@@ -61,7 +61,9 @@ class TransformersRunner(Runner):
             self._caches[best], self._ids[best] = None, []
         elif n < len(self._ids[best]):
             try:
-                self._caches[best].crop(n)
+                # a negative count removes that many tokens: transformers 5.x refuses a positive
+                # (absolute) length, and 4.x reads a negative one the same way
+                self._caches[best].crop(n - len(self._ids[best]))
                 self._ids[best] = self._ids[best][:n]
             except (ValueError, NotImplementedError, AttributeError):  # e.g. sliding-window layers
                 self._caches[best], self._ids[best], n = None, [], 0

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import RegistryError
 from .store import check_digest
 
-FORMATS = ("gguf", "hf")
+FORMATS = ("gguf", "hf", "remote")  # remote: no files, an upstream in details (serve/remote.py)
 SCHEMA = 1
 
 

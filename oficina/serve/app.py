@@ -25,6 +25,7 @@ from .auth import PUBLIC, Denied, Key, Policy
 from .compat import ollama, openai
 from .native import BadRequest, Server
 from .operate import metrics_route
+from .remote import UpstreamError
 from .scheduler import Busy
 from .structured import SchemaError
 
@@ -98,7 +99,7 @@ ROUTES += tuple(Route(r.method, r.path, _ui(r.handler), r.scope, ollama) for r i
 
 # Exceptions -> HTTP status. Anything not here is a bug: 500 with no detail.
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (ModelNotFound, 404), (Busy, 503), (BadRequest, 400), (SchemaError, 400),
+    (ModelNotFound, 404), (Busy, 503), (UpstreamError, 502), (BadRequest, 400), (SchemaError, 400),
     (InvalidOptions, 400), (FormatError, 400), (ModelfileError, 400), (RegistryError, 400),
     (OficinaError, 400),
 )

@@ -238,13 +238,14 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
     served = await pool.get(req.model, req.keep_alive)
     try:
         load_seconds = 0.0 if loaded_before else time.monotonic() - t0
-        if not served.generates:
+        if not served.generates and not served.remote:
             raise BadRequest(f"model {served.name!r} is an {served.model.info.kind} model; it can embed, not generate")
         try:
             opts = served.model.options.merged(req.options or {})
         except OficinaError as e:
             raise BadRequest(str(e)) from None
-        ids = await asyncio.to_thread(prompt_ids, served, req)
+        # a remote model's upstream renders its own prompt: there are no ids here
+        ids = None if served.remote else await asyncio.to_thread(prompt_ids, served, req)
         for hook in server.before:
             hit = hook(req, ids, opts, served)
             if hit is not None:
@@ -255,6 +256,10 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
                 server.notify(_record(req, served, opts, hit))
                 yield hit
                 return
+        if served.remote:
+            async for ev in _generate_remote(server, served, req, opts, t0):
+                yield ev
+            return
         compiled = None
         if req.format is not None:
             compiled = await asyncio.to_thread(_grammars(served).compile, req.format)
@@ -294,6 +299,30 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
             served.scheduler.wake()
     finally:
         pool.release(served)
+
+
+async def _generate_remote(server: Server, served: Served, req: GenerateRequest, opts: Options,
+                           t0: float) -> AsyncIterator[Delta | Result]:
+    """A remote model's answer (``remote.py``): the upstream's stream as the same events."""
+    from .remote import stream
+
+    pieces: list[str] = []
+    async for kind, value in stream(served.model, req, opts):
+        if kind == "text":
+            pieces.append(value)
+            yield Delta(value)
+            continue
+        total = time.monotonic() - t0
+        text = "".join(pieces)
+        calls = value["tool_calls"]
+        if not calls:
+            text, calls = parse_tool_calls(text, req.tools)
+        result = Result(served.name, text, value["finish"], value["prompt_tokens"], value["eval_tokens"],
+                        prompt_seconds=value["ttft"], eval_seconds=total - value["ttft"],
+                        ttft_seconds=value["ttft"], total_seconds=total, tool_calls=calls, seed=opts.seed,
+                        pieces=pieces, token_times=value["times"])
+        server.notify(_record(req, served, opts, result))
+        yield result
 
 
 def _is_loaded(pool: Pool, name: str) -> bool:

@@ -64,6 +64,15 @@ class Operations:
         self.log = convlog.ConvLog(convlog.default_path(home), retention_days, redact,
                                    on_drop=self.metrics.dropped, busy_ms=20) if log else None
 
+    def describe(self) -> str:
+        """One line for the server's start banner."""
+        log = "off" if self.log is None else (
+            f"{self.log.path}" + (f", {self.log.retention_days:g} days" if self.log.retention_days else "")
+            + (f", redacting {','.join(self.log.redact)}" if self.log.redact else ""))
+        cache = "off" if self.cache is None else f"on ({self.cache.max_bytes / 1e6:.0f} MB)"
+        prices = f"{self.prices.path or 'given'} ({self.prices.currency})" if self.prices else "none"
+        return f"log: {log}; response cache: {cache}; prices: {prices}; metrics at /metrics"
+
     # -- wiring ---------------------------------------------------------------------------------
     def install(self, server, app) -> None:
         server.before.append(self.lookup)

@@ -72,6 +72,7 @@ class Served:
     active: int = 0                # requests in flight (embeddings included)
     lock: threading.Lock = field(default_factory=threading.Lock)   # embeddings: one at a time
     last_used: float = field(default_factory=time.time)
+    remote: bool = False           # an OpenAI-compatible upstream answers (remote.py); model is a RemoteModel
 
     @property
     def generates(self) -> bool:
@@ -131,6 +132,10 @@ class Pool:
     def _load(self, entry) -> Served:
         from ..api import load
 
+        if entry.manifest.format == "remote":
+            from .remote import RemoteModel
+
+            return Served(entry.name, entry.digest, RemoteModel.from_entry(entry), 0, 0.0, None, remote=True)
         reg = self.registry()
         t0 = time.perf_counter()
         model = load(entry.name, registry=reg)
