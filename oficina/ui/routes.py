@@ -14,8 +14,10 @@ Handlers take the starlette ``Request``; every state-changing one also refuses o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, Response
 
 from ..options import PARAMS
 from . import STATIC, arena, inspect_routes as ins, log_routes as logs, registry_routes as reg
@@ -27,14 +29,16 @@ NO_CACHE = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}  # revalidate: an u
 
 
 async def index(request: Request) -> Response:
-    if not request.url.path.endswith("/"):
-        return RedirectResponse("/ui/", status_code=308)  # relative URLs resolve under /ui/
+    # The page refers to its files by absolute paths (/ui/js/app.js), so /ui and /ui/ both work.
     return FileResponse(STATIC / "index.html", headers=NO_CACHE, media_type=TYPES[".html"])
 
 
 async def static(request: Request) -> Response:
+    rel = request.path_params.get("path", "")
+    if not Path(rel).suffix:
+        return await index(request)  # a deep link such as /ui/chat: the page routes it itself
     root = STATIC.resolve()
-    path = (root / request.path_params.get("path", "")).resolve()
+    path = (root / rel).resolve()
     # Only files under static/, of the kinds shipped: no traversal, no listings, no .py.
     if root not in path.parents or not path.is_file() or path.suffix not in TYPES:
         return error(404, "not found")
