@@ -440,12 +440,14 @@ def test_arena_round_blind_vote_and_export(browser, shots):
 def test_smollm2_chat_in_the_browser(real_registry, shots, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OFICINA_HOME", str(real_registry.home))
-        with u.Server(u.serve_app(real_registry.home)) as server:
+        # The shared registry of real models gets no log or cache of ours: those go to tmp_path.
+        with u.Server(u.serve_app(real_registry.home, tmp_path)) as server:
             d = u.chromium(tmp_path)
             d.base = server.url
             try:
                 open_page(d, "chat")
                 set_option(d, "num_predict", 24)
+                set_option(d, "temperature", 0)  # greedy: the same answer every run
                 answer = send_chat(d, "smollm2:latest", "What color is the sky on a clear day?", timeout=300)
                 text = answer.find_element("css selector", ".text").text
                 assert re.search(r"blue", text, re.I), text

@@ -100,12 +100,12 @@ def chromium(download_dir: Path):
 
 
 
-def serve_app(home: Path):
+def serve_app(home: Path, operations_home: Path | None = None):
     """oficina's server app over ``home``, with its operations (conversation log, metrics, cache)
-    as ``oficina serve`` runs them."""
+    as ``oficina serve`` runs them, kept in ``operations_home`` (default ``home``)."""
     from oficina.serve.app import create_app
     from oficina.serve.native import Server
     from oficina.serve.operate import Operations
     from oficina.serve.pool import Pool
 
-    return create_app(Server(Pool(home)), operations=Operations(home))
+    return create_app(Server(Pool(home)), operations=Operations(operations_home or home))
