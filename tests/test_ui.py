@@ -5,6 +5,7 @@ then the pages in a real headless Chromium against a real HTTP server on a free 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -367,9 +368,18 @@ def test_models_runs_and_monitor_pages(browser, shots):
     wait(browser, lambda d: css(d, "main table button"))[0].click()
     wait(browser, lambda d: css(d, "svg.graph g.node"), what="lineage graph")
     browser.save_screenshot(str(shots / "models.png"))
+    from oficina.registry.registry import Registry
+
+    reg = Registry(os.environ["OFICINA_HOME"])
+    reg.set_metrics(reg.get("tiny"), {"wikitext": {"perplexity": 812.5}})  # as `oficina eval` records
     open_page(browser, "runs")
     wait(browser, lambda d: css(d, "svg.lines polyline"), what="loss curve")
+    assert "tiny:latest@1" in wait(browser, lambda d: css(d, "svg.evalbars"), what="eval chart")[0].text
+    assert "812.5" in browser.find_element("css selector", "main table").text
     browser.save_screenshot(str(shots / "runs.png"))
+    open_page(browser, "chat")  # one request for the log and the metrics to show
+    set_option(browser, "num_predict", 2)
+    send_chat(browser, "tiny:latest", "Hi")
     open_page(browser, "monitor")
     wait(browser, lambda d: "tiny:latest" in d.find_element("css selector", "main").text, what="stats by model")
     wait(browser, lambda d: "time_to_first_token" in d.find_element("css selector", "main").text, what="/metrics")

@@ -2,7 +2,7 @@
 // run in progress draws itself at each checkpoint) and every version's metrics side by side.
 import { get } from "../api.js";
 import { lines } from "../chart.js";
-import { errorBox, h } from "../dom.js";
+import { errorBox, h, s } from "../dom.js";
 
 let timer = null;
 export const leave = () => clearInterval(timer);
@@ -33,12 +33,25 @@ export async function render(main) {
       if (!rows.length) return evalBox.replaceChildren(h("p", { class: "muted" }, "No evaluation results yet: `oficina eval` records them on each version."));
       const flat = rows.map((r) => ({ ref: r.ref, m: flatten(r.metrics) }));
       const cols = [...new Set(flat.flatMap((r) => Object.keys(r.m)))].sort();
+      const numeric = cols.filter((c) => flat.some((r) => typeof r.m[c] === "number"));
       evalBox.replaceChildren(h("div", { class: "chart" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "version"), cols.map((c) => h("th", { class: "n" }, c)))),
-        h("tbody", {}, flat.map((r) => h("tr", {}, h("td", {}, r.ref), cols.map((c) => h("td", { class: "n" }, fmt(r.m[c])))))))));
+        h("tbody", {}, flat.map((r) => h("tr", {}, h("td", {}, r.ref), cols.map((c) => h("td", { class: "n" }, fmt(r.m[c])))))))),
+        h("div", { class: "row" }, numeric.map((c) => bars(c, flat.filter((r) => typeof r.m[c] === "number").map((r) => [r.ref, r.m[c]])))));
     } catch (e) { evalBox.replaceChildren(errorBox(e)); }
   }
   await Promise.all([drawRuns(), drawEvals()]);
   timer = setInterval(drawRuns, 5000);
+}
+
+// One small bar chart per metric, versions side by side (the picture `oficina eval --chart` draws).
+function bars(metric, rows) {
+  const W = 300, row = 20, L = 130, H = 24 + rows.length * row, max = Math.max(...rows.map(([, v]) => Math.abs(v)), 1e-12);
+  return s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${metric} by version`, class: "evalbars" },
+    s("text", { x: 0, y: 14, "font-weight": 700 }, metric),
+    rows.map(([ref, v], i) => [
+      s("text", { x: L - 4, y: 24 + i * row + 13, "text-anchor": "end" }, ref.length > 18 ? ref.slice(0, 17) + "…" : ref),
+      s("rect", { x: L, y: 24 + i * row + 3, width: Math.max(1, ((W - L - 50) * Math.abs(v)) / max), height: row - 6, fill: "#1f4e79" }),
+      s("text", { x: L + ((W - L - 50) * Math.abs(v)) / max + 4, y: 24 + i * row + 13 }, fmt(v))]));
 }
 
 function flatten(o, prefix = "", out = {}) {
