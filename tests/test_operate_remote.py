@@ -128,3 +128,19 @@ def test_remote_sources_are_checked():
     assert remote.parse_source("openais://api.example.com/m")[0] == "https://api.example.com/v1"
     with pytest.raises(OficinaError, match="a remote model is openai://HOST:PORT/MODEL"):
         remote.parse_source("openai://no-model-here")
+
+
+def test_a_killed_server_loses_no_answered_request(upstream):
+    """The entry is committed before the last line goes out, so SIGKILL right after the answer
+    loses nothing."""
+    port = free_port()
+    p = start_upstream(upstream["home"], port)
+    log = ConvLog(upstream["home"] / "logs.db")
+    before = log.count()
+    answers = [httpx.post(f"http://127.0.0.1:{port}/api/generate", timeout=60, json={
+        "model": "tiny", "prompt": f"The {w} is", "stream": False, "options": {"num_predict": 4}}).json()["response"]
+        for w in ("cat", "dog", "sun")]
+    p.kill()
+    p.wait()
+    got = log.find(limit=3)[::-1]
+    assert log.count() == before + 3 and [e.output for e in got] == answers
