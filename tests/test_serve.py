@@ -244,13 +244,45 @@ def test_ten_megabyte_prompt_is_refused(srv):
 
 # -- many clients ---------------------------------------------------------------------------------
 
-def test_disconnect_frees_the_slot(srv):
-    body = {"model": "tiny", "prompt": "The cat", "options": {"num_predict": 100000, "num_ctx": 256}}
+class SlowRunner:
+    """The real runner, with 20 ms added to every decode step so that a 250-token answer
+    outlasts the client (the tiny model alone finishes it in a blink)."""
+
+    def __init__(self, runner):
+        self._r = runner
+
+    def decode(self, slots, tokens):
+        import time
+
+        time.sleep(0.02)
+        return self._r.decode(slots, tokens)
+
+    def __getattr__(self, name):
+        return getattr(self._r, name)
+
+
+def test_disconnect_frees_the_slot(tmp_path_factory):
+    """A client that goes away (streamed or not) frees its slot: the generation is cut, never
+    finished (observers, which see every finished request, see none of these)."""
+    from oficina.serve.pool import open_runner
+
+    home = tmp_path_factory.mktemp("slow")
+    tiny_registry(home, tmp_path_factory.mktemp("slowmodels"))
+    srv = Running(home, slots=2, runner_factory=lambda m, n: SlowRunner(open_runner(m, n)))
+    finished = []
+    srv.server.observers.append(finished.append)
+    body = {"model": "tiny", "prompt": "The dog", "options": {"num_predict": 100000, "num_ctx": 256}}
     with httpx.stream("POST", srv.url + "/api/generate", json=body, timeout=60) as r:
         first = next(r.iter_lines())
         assert json.loads(first)["done"] is False
         assert srv.counts()[0] == 1
     assert srv.wait_idle(10) == (0, 0)
+    # not streamed: the client gives up waiting for the whole answer and closes the connection
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(srv.url + "/api/generate", json={**body, "stream": False}, timeout=0.3)
+    assert srv.wait_idle(10) == (0, 0)
+    srv.stop()
+    assert finished == []
 
 
 def test_queue_bound_503_and_nothing_leaks(srv):

@@ -52,11 +52,19 @@ def model_bytes(torch_model) -> int:
 
 
 def open_runner(model, slots: int):
-    """The runner the scheduler drives for ``model`` (an ``api.Model``), with ``slots``
-    sequences live at once."""
-    from ..generation.hf_runner import TransformersRunner
+    """The runner the scheduler drives for ``model`` (an ``api.Model``) with ``slots`` sequences
+    live at once: the library's choice (the fast batched decoder when the architecture allows,
+    transformers otherwise; ``capabilities.note`` says which and why)."""
+    model.max_batch = slots
+    return model.runner
 
-    return TransformersRunner(model.torch_model, model._eos_ids(), model.info.context_length, max_batch=slots)
+
+def resident_bytes(model) -> int:
+    """Memory the model's weights take: the torch module when one is loaded, else the files
+    (the fast runner keeps GGUF weights packed, about their size on disk)."""
+    if getattr(model.loaded, "loaded", True):
+        return model_bytes(model.torch_model)
+    return model.entry.manifest.size if model.entry else 0
 
 
 @dataclass
@@ -143,7 +151,7 @@ class Pool:
         if model.info.kind == "decoder-only":
             runner = self.runner_factory(model, self.slots)
             scheduler = Scheduler(runner, self.max_queue, name=entry.name)
-        return Served(entry.name, entry.digest, model, model_bytes(model.torch_model),
+        return Served(entry.name, entry.digest, model, resident_bytes(model),
                       time.perf_counter() - t0, scheduler)
 
     async def _fit_budget(self, incoming: int, keep: str) -> None:

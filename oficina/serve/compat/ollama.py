@@ -20,7 +20,7 @@ from ... import __version__
 from ...errors import ModelNotFound, OficinaError
 from .. import native
 from ..native import NS, BadRequest, Delta, GenerateRequest, Result
-from . import field
+from . import field, unless_disconnected
 
 
 def error_body(status: int, message: str) -> dict:
@@ -77,7 +77,7 @@ async def _answer(call, req: GenerateRequest, stream: bool, shape) -> Response:
     one object. Errors before the first line become an error status; later ones an error line."""
     events = native.generate(call.server, req)
     if not stream:
-        result = await native.collect(events)
+        result = await unless_disconnected(call.request, native.collect(events))
         return JSONResponse(shape(result.text, result))
     first = await _first(events)
 
