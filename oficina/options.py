@@ -16,12 +16,27 @@ from typing import Any, Callable, Iterable, Mapping
 from .errors import InvalidOptions
 
 
-def _between(lo: float, hi: float) -> Callable[[float], bool]:
-    return lambda v: lo <= v <= hi
+@dataclass(frozen=True)
+class Range:
+    """A valid range that can also be read (``lo``/``hi``), so a form or the web UI can draw the
+    control from the table instead of keeping its own copy of the limits."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is not allowed (repeat_penalty > 0)
+
+    def __call__(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or v <= self.hi
 
 
-def _at_least(lo: float) -> Callable[[float], bool]:
-    return lambda v: v >= lo
+def _between(lo: float, hi: float) -> Range:
+    return Range(lo, hi)
+
+
+def _at_least(lo: float) -> Range:
+    return Range(lo)
 
 
 @dataclass(frozen=True)
@@ -34,24 +49,27 @@ class Param:
     valid: Callable[[Any], bool] | None
     valid_text: str
     help: str
+    # Where a slider is useful when the valid range is open-ended (temperature >= 0): the span
+    # people actually use. Only a hint for controls; validation is ``valid``.
+    typical: tuple[float, float] | None = None
 
 
 # The one table of parameters. Order is the order shown to users.
 PARAMS: tuple[Param, ...] = (
     Param("temperature", float, 0.8, _at_least(0.0), ">= 0",
-          "randomness; 0 picks the most likely token (greedy)"),
+          "randomness; 0 picks the most likely token (greedy)", (0.0, 2.0)),
     Param("top_k", int, 40, _at_least(0), ">= 0",
-          "keep only the k most likely tokens (0 = off)"),
+          "keep only the k most likely tokens (0 = off)", (0, 100)),
     Param("top_p", float, 0.9, _between(0.0, 1.0), "between 0 and 1",
           "keep the smallest set of tokens whose probability adds up to p (1 = off)"),
     Param("min_p", float, 0.0, _between(0.0, 1.0), "between 0 and 1",
           "drop tokens less likely than min_p x the most likely one (0 = off)"),
     Param("typical_p", float, 1.0, _between(0.0, 1.0), "between 0 and 1",
           "locally typical sampling mass (1 = off)"),
-    Param("repeat_penalty", float, 1.0, lambda v: v > 0, "> 0",
-          "penalise tokens seen in the last repeat_last_n tokens (1 = off)"),
+    Param("repeat_penalty", float, 1.0, Range(0.0, lo_open=True), "> 0",
+          "penalise tokens seen in the last repeat_last_n tokens (1 = off)", (0.5, 2.0)),
     Param("repeat_last_n", int, 64, _at_least(-1), ">= -1",
-          "how far back the penalties look (0 = off, -1 = num_ctx)"),
+          "how far back the penalties look (0 = off, -1 = num_ctx)", (-1, 512)),
     Param("presence_penalty", float, 0.0, _between(-2.0, 2.0), "between -2 and 2",
           "subtract this from every token already present"),
     Param("frequency_penalty", float, 0.0, _between(-2.0, 2.0), "between -2 and 2",

@@ -28,6 +28,7 @@ from ..errors import (
     OficinaError,
     RegistryError,
 )
+from ..ui import routes as ui_routes
 from .auth import PUBLIC, Denied, Key, Policy
 from .compat import ollama, openai
 from .native import BadRequest, Server
@@ -92,6 +93,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/models/{model:path}", openai.model, "read", openai),
     Route("GET", "/metrics", metrics_route, "read", ollama),
 )
+
+
+def _ui(handler):
+    """The web UI's handlers (``ui/routes.py``) take the request itself."""
+    async def run(call: Call) -> Response:
+        return await handler(call.request)
+    return run
+
+
+ROUTES += tuple(Route(r.method, r.path, _ui(r.handler), r.scope, ollama) for r in ui_routes.ROUTES)
+
 
 # Exceptions -> HTTP status. Anything not here is a bug: 500 with no detail.
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
