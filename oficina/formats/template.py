@@ -10,8 +10,12 @@ rendered wrongly.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import re
+import threading
 from typing import Sequence
 
 from ..errors import FormatError
@@ -125,15 +129,166 @@ def go_to_jinja(template: str) -> str:
     return "".join(out)
 
 
+# Budgets for rendering one prompt. A real chat template renders in milliseconds and its output
+# is at most a context window of text (a 1M-token window is ~4M characters); an untrusted one can
+# loop for hours (nested ``range(100000)``) or build a huge value (``10**10**10``, ``'a' * 10**12``).
+TIME_BUDGET_S = 2.0
+MAX_OUTPUT_CHARS = 4_000_000
+_MAX_INT_BITS = 1 << 16  # far beyond any count or id a template needs
+
+
+class _OutOfTime(BaseException):
+    """Raised asynchronously in the rendering thread; a BaseException so that no ``except
+    Exception`` inside Jinja's runtime can swallow it."""
+
+
+def _too_big(what: str) -> FormatError:
+    return FormatError(f"chat template refused: {what} is over the rendering budget "
+                       f"({MAX_OUTPUT_CHARS:,} characters)")
+
+
+def _size(value) -> int | None:
+    return len(value) if isinstance(value, (str, list, tuple)) else None
+
+
+@functools.cache
+def _environment():
+    """A Jinja sandbox set up as transformers' ``apply_chat_template`` sets up its own (same
+    filters, globals and extensions, taken from its environment, so prompts are identical), plus
+    size checks on the operations that can build huge values in one C call: ``**``, ``*``, ``+``
+    and ``~`` (Jinja's sandbox lets these through; its ``range`` is already capped at 100,000)."""
+    from jinja2.compiler import CodeGenerator
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    class Generator(CodeGenerator):
+        def visit_Concat(self, node, frame):  # `a ~ b`: route through the size check
+            self.write("environment.checked_concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    class Budgeted(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"**", "*", "+"})
+        code_generator_class = Generator
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+                if abs(left) > 1 and right * max(abs(left).bit_length(), 1) > _MAX_INT_BITS:
+                    raise _too_big(f"{left} ** {right}")
+            elif operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if _size(seq) is not None and isinstance(n, int) and _size(seq) * n > MAX_OUTPUT_CHARS:
+                        raise _too_big(f"repeating a value {n} times")
+                if isinstance(left, int) and isinstance(right, int) and \
+                        left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+                    raise _too_big("an integer product")
+            elif operator == "+" and _size(left) is not None and _size(right) is not None:
+                if _size(left) + _size(right) > MAX_OUTPUT_CHARS:
+                    raise _too_big("a concatenation")
+            return super().call_binop(context, operator, left, right)
+
+        def checked_concat(self, parts):
+            text = "".join(map(str, parts))
+            if len(text) > MAX_OUTPUT_CHARS:
+                raise _too_big("a concatenation")
+            return text
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
+            # str.ljust/center/zfill... and the center/indent filters pad to a width in one call
+            if any(isinstance(a, int) and a > MAX_OUTPUT_CHARS for a in (*args, *kwargs.values())):
+                raise _too_big(f"a width of {max(a for a in (*args, *kwargs.values()) if isinstance(a, int)):,}")
+            return super().call(__context, __obj, *args, **kwargs)
+
+    reference = _compile_jinja_template("").environment
+    env = Budgeted(trim_blocks=True, lstrip_blocks=True,
+                   extensions=[type(e) for e in reference.extensions.values()])
+    env.filters.update(reference.filters)
+    env.globals.update(reference.globals)
+    for name in ("center", "indent", "wordwrap"):  # filters are not routed through call()
+        env.filters[name] = _width_checked(env.filters[name])
+    return env
+
+
+def _width_checked(f):
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        if any(isinstance(a, int) and a > MAX_OUTPUT_CHARS for a in (*args, *kwargs.values())):
+            raise _too_big("a filter width")
+        return f(*args, **kwargs)
+    return wrapper
+
+
+@functools.lru_cache(maxsize=32)
+def compile_template(template: str):
+    """The compiled Jinja template; FormatError (with the template's line) if it does not parse."""
+    from jinja2 import TemplateSyntaxError
+
+    try:
+        return _environment().from_string(template)
+    except TemplateSyntaxError as e:
+        raise FormatError(f"chat template line {e.lineno}: {e.message}") from None
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Interrupt the current thread with _OutOfTime after ``seconds``. Pure-Python loops (which
+    is what Jinja compiles ``for`` into) see the exception at their next bytecode; the single C
+    calls that could run long are refused by size above."""
+    thread, lock, done = threading.get_ident(), threading.Lock(), []
+
+    def fire():
+        with lock:
+            if not done:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(_OutOfTime))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        try:
+            yield
+        finally:
+            with lock:
+                done.append(True)
+            timer.cancel()
+    except _OutOfTime:
+        raise FormatError(f"chat template did not finish rendering within {seconds:g} s "
+                          f"(it loops too long); not rendered") from None
+
+
+def render_jinja(template: str, messages: Sequence[dict], tokenizer, **variables) -> str:
+    """``template`` rendered for ``messages`` with the variables transformers' apply_chat_template
+    passes (special tokens, ``add_generation_prompt``), within the time and size budgets."""
+    from transformers.utils.chat_template_utils import _plain_template_data
+
+    compiled = compile_template(template)
+    context = {**tokenizer.special_tokens_map, "tools": None, "documents": None,
+               "add_generation_prompt": True, **variables,
+               "messages": _plain_template_data([dict(m) for m in messages])}
+    out, size = [], 0
+    with _deadline(TIME_BUDGET_S):
+        for piece in compiled.generate(**context):
+            size += len(piece)
+            if size > MAX_OUTPUT_CHARS:
+                raise _too_big("the rendered prompt")
+            out.append(piece)
+    return "".join(out)
+
+
 def render_chat(template: str, messages: Sequence[dict], tokenizer) -> str:
     """The prompt text for ``messages``, ready for the assistant's next answer."""
     try:
         if is_go_template(template):
             return _render_go(template, messages, tokenizer)
-        return tokenizer.apply_chat_template(list(messages), chat_template=template,
-                                             add_generation_prompt=True, tokenize=False)
+        return render_jinja(template, messages, tokenizer)
     except FormatError:
         raise
+    except RecursionError:
+        raise FormatError("chat template recursed too deeply; not rendered") from None
+    except MemoryError:
+        raise _too_big("a value it built") from None
     except Exception as e:  # jinja2 TemplateError and friends from untrusted templates
         raise FormatError(f"chat template failed to render: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
@@ -142,10 +297,7 @@ def _render_go(template: str, messages: Sequence[dict], tokenizer) -> str:
     jinja = go_to_jinja(template)
 
     def render(**variables) -> str:
-        # The template is rendered through transformers' sandbox with our extra variables.
-        return tokenizer.apply_chat_template(
-            variables.pop("messages"), chat_template=jinja, tokenize=False,
-            add_generation_prompt=True, **variables)
+        return render_jinja(jinja, variables.pop("messages"), tokenizer, **variables)
 
     if "messages" in jinja:
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
