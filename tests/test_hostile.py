@@ -119,3 +119,58 @@ def test_hostile_modelfile_template(llama_dir, tmp_path):
     assert oficina("create", "evil", "-f", str(mf), home=home).returncode == 0
     proc = oficina("run", "evil", "hi", "--num-predict", "2", home=home)
     one_error_line(proc, "chat template")
+
+
+# -- 7. JSONL with raw line separators inside strings is valid --------------------------------------
+
+
+
+def _jsonl_with_separators(path: Path, rows: list[dict]) -> Path:
+    # ensure_ascii=False keeps U+2028/2029/0085 raw inside the strings, as scraped text has them
+    text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_jsonl_keeps_raw_unicode_line_separators(tmp_path):
+    from oficina.align import pairs
+    from oficina.evaluation.generation import check_item
+    from oficina.evaluation.tasks import read_jsonl
+    from oficina.tuning import data
+
+    odd = "one\u2028two\u2029three\u0085four"
+    rows = [{"instruction": f"say {odd}", "output": odd}, {"instruction": "b", "output": "c"}]
+    ds = data.read(_jsonl_with_separators(tmp_path / "train.jsonl", rows))
+    assert [r.fields["output"] for r in ds.records] == [odd, "c"]
+    assert [r.where.rsplit(":", 1)[1] for r in ds.records] == ["1", "2"]
+
+    prefs = [{"prompt": odd, "chosen": "yes\u2028", "rejected": "no"}]
+    assert pairs.read(_jsonl_with_separators(tmp_path / "prefs.jsonl", prefs)).records[0].fields["prompt"] == odd
+
+    raw = open(ROOT / "oficina/data/eval/gen.jsonl", encoding="utf-8").readline()
+    item = json.loads(raw)
+    item = {k: (v + "\u2028" if isinstance(v, str) else v) for k, v in item.items()}
+    items = read_jsonl(_jsonl_with_separators(tmp_path / "gen.jsonl", [item]), check_item)
+    assert len(items) == 1
+
+
+def test_jsonl_line_numbers_count_newlines_only(tmp_path):
+    from oficina.tuning import data
+
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a\u2028b\u0085c"}\n\n{"text": 3\n', encoding="utf-8")
+    with pytest.raises(FormatError, match=r"bad\.jsonl:3: not valid JSON"):
+        data.read(p)
+
+
+def test_text_and_csv_keep_separators(tmp_path):
+    from oficina.tuning import data
+
+    t = tmp_path / "doc.txt"
+    t.write_text("first\u2028still first\n\nsecond\n", encoding="utf-8")
+    assert [r.fields["text"] for r in data.read(t).records] == ["first\u2028still first", "second"]
+    c = tmp_path / "l.csv"
+    c.write_text('text,label\n"good\u2028film",pos\nbad,neg\n', encoding="utf-8")
+    ds = data.read(c)
+    assert [r.fields["text"] for r in ds.records] == ["good\u2028film", "bad"]
+    assert [r.where.rsplit(":", 1)[1] for r in ds.records] == ["2", "3"]
