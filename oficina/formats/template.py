@@ -21,7 +21,11 @@ from typing import Sequence
 from ..errors import FormatError
 
 _ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
-_GO_HINT = re.compile(r"\{\{-?\s*(\.|\$|if |range |end\b|else\b)")
+# An action that only Go's text/template reads: a field (.X), a variable ($x), a keyword, or one
+# of its builtin functions (text/template "Functions") called Go's way, by prefix.
+_GO_HINT = re.compile(r"\{\{-?\s*(\.|\$|(if|range|with|define|template|block|end|else|break|continue|"
+                      r"call|index|slice|printf|print|println|len|html|js|urlquery|and|or|not|"
+                      r"eq|ne|lt|le|gt|ge)\b)")
 SENTINEL = "\x00RESPONSE\x00"
 
 
@@ -29,8 +33,12 @@ def is_go_template(template: str) -> bool:
     return bool(_GO_HINT.search(template)) and "{%" not in template
 
 
+TOP_FIELDS = ("System", "Prompt", "Response", "Messages")
+
+
 def _expr(tokens: list[str], ctx: str) -> str:
-    """Translate a Go pipeline (prefix function calls) to a Jinja expression."""
+    """Translate a Go pipeline (prefix function calls) to a Jinja expression. ``ctx``: what the
+    dot is, "top" or the Jinja name of the current ``range`` element."""
     def atom(t: str) -> str:
         if t.startswith('"') or t.isdigit():
             return t
@@ -38,14 +46,14 @@ def _expr(tokens: list[str], ctx: str) -> str:
             return t
         m = re.fullmatch(r"\$?\.(\w+)", t) or re.fullmatch(r"\$(\w+)\.(\w+)", t)
         if m and t.startswith("$") and not t.startswith("$."):
-            return f"{m.group(1)}.{m.group(2).lower()}"
+            return f"{_var(m.group(1))}.{m.group(2).lower()}"
         if m:
             field = m.group(1)
-            if t.startswith("$.") or ctx == "top" or field in ("System", "Prompt", "Response", "Messages"):
+            if t.startswith("$.") or ctx == "top" or field in TOP_FIELDS:
                 return field.lower()
-            return f"message.{field.lower()}"
+            return f"{ctx}.{field.lower()}"
         if re.fullmatch(r"\$\w+", t):
-            return t[1:]
+            return _var(t[1:])
         raise FormatError(f"TEMPLATE: cannot translate Go template term {t!r}; "
                           f"write the TEMPLATE as a Jinja chat template instead")
 
@@ -65,6 +73,12 @@ def _expr(tokens: list[str], ctx: str) -> str:
         raise FormatError(f"TEMPLATE: cannot translate Go template function {head!r}; "
                           f"write the TEMPLATE as a Jinja chat template instead")
     return atom(head)
+
+
+def _var(name: str) -> str:
+    """A Go variable's Jinja name: prefixed, so that ``$messages`` or ``$loop`` cannot shadow
+    the template's own names."""
+    return f"go_{name}"
 
 
 def go_to_jinja(template: str) -> str:
@@ -102,17 +116,21 @@ def go_to_jinja(template: str) -> str:
         elif word == "else":
             out.append("{% else %}")
         elif word == "range":
-            rest, index = tokens[1:], None
+            # range .Messages | range $m := .Messages | range $i, $m := .Messages (Go: the
+            # element is both $m and the dot inside the block)
+            rest, index, element = tokens[1:], None, "message"
             if ":=" in rest:
-                names = [t.strip(",") for t in rest[: rest.index(":=")]]
+                names = [n for t in rest[: rest.index(":=")] for n in t.split(",") if n]
                 rest = rest[rest.index(":=") + 1:]
-                if len(names) == 2:
-                    index = names[0][1:]
+                if not 1 <= len(names) <= 2 or not all(re.fullmatch(r"\$\w+", n) for n in names):
+                    raise FormatError(f"TEMPLATE: cannot translate `{{{{ {body} }}}}`")
+                element = _var(names[-1][1:])
+                index = _var(names[0][1:]) if len(names) == 2 else None
             if rest not in (["$.Messages"], [".Messages"]):
                 raise FormatError("TEMPLATE: only `range .Messages` can be translated")
             stack.append("for")
-            ctx.append("message")
-            out.append("{% for message in messages %}")
+            ctx.append(element)
+            out.append(f"{{% for {element} in messages %}}")
             if index:
                 out.append(f"{{% set {index} = loop.index0 %}}")
         elif word == "end":
