@@ -174,3 +174,249 @@ def test_text_and_csv_keep_separators(tmp_path):
     ds = data.read(c)
     assert [r.fields["text"] for r in ds.records] == ["good\u2028film", "bad"]
     assert [r.where.rsplit(":", 1)[1] for r in ds.records] == ["2", "3"]
+
+
+# -- hostile files ------------------------------------------------------------------------------------
+def write_gguf(path: Path, meta: dict | None = None, layers_present: int = 1, tokens=None,
+               tokenizer_model: str = "gpt2", drop: tuple[str, ...] = ()) -> Path:
+    """A small llama GGUF (a few KB) whose header says what ``meta`` says."""
+    import gguf
+    import numpy as np
+
+    d, vocab = 8, 6
+    w = gguf.GGUFWriter(str(path), "llama")
+    fields = {"llama.block_count": 1, "llama.context_length": 32, "llama.embedding_length": d,
+              "llama.feed_forward_length": 16, "llama.attention.head_count": 2,
+              "llama.attention.head_count_kv": 2, "llama.attention.layer_norm_rms_epsilon": 1e-5,
+              **(meta or {})}
+    for k, v in fields.items():
+        if k in drop:
+            continue
+        if isinstance(v, str):
+            w.add_string(k, v)
+        elif isinstance(v, float):
+            w.add_float32(k, v)
+        else:
+            w.add_uint32(k, v)
+    w.add_tokenizer_model(tokenizer_model)
+    toks = tokens if tokens is not None else ["a", "b", "c", "ab", "<s>", "</s>"]
+    if "tokenizer.ggml.tokens" not in drop:
+        w.add_array("tokenizer.ggml.tokens", toks)
+    if tokenizer_model == "gpt2" and "tokenizer.ggml.merges" not in drop:
+        w.add_token_merges(["a b"])
+    if tokenizer_model == "llama" and "tokenizer.ggml.scores" not in drop:
+        w.add_token_scores([0.0] * len(toks))
+    w.add_token_types([1] * len(toks))
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((vocab, d), dtype=np.float32))
+    w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
+    for i in range(layers_present):
+        for name, shape in (("attn_q", (d, d)), ("attn_k", (d, d)), ("attn_v", (d, d)),
+                            ("attn_output", (d, d)), ("ffn_gate", (16, d)), ("ffn_up", (16, d)),
+                            ("ffn_down", (d, 16)), ("attn_norm", (d,)), ("ffn_norm", (d,))):
+            w.add_tensor(f"blk.{i}.{name}.weight", rng.standard_normal(shape, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def hf_copy(src: Path, dst: Path, config: dict | None = None) -> Path:
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    if config is not None:
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg.update(config)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+# -- 2. declared sizes the file does not hold ----------------------------------------------------------
+def test_gguf_declaring_100000_layers_is_refused_before_building(tmp_path):
+    evil = write_gguf(tmp_path / "evil.gguf", {"llama.block_count": 100000})
+    assert evil.stat().st_size < 8000
+    start = time.perf_counter()
+    proc = oficina("run", str(evil), "hi", "--num-predict", "1", home=tmp_path / "home", timeout=120)
+    one_error_line(proc, "100,000 layers", "hold 1")
+    assert time.perf_counter() - start < 60
+
+
+def test_config_declaring_100000_layers_is_refused(llama_dir, tmp_path):
+    from oficina.models.info import check_loadable, describe
+
+    folder = hf_copy(llama_dir, tmp_path / "evil", {"num_hidden_layers": 100000})
+    with pytest.raises(FormatError, match="declares 100,000 layers"):
+        check_loadable(describe(folder), "evil")
+    proc = oficina("run", str(folder), "hi", "--num-predict", "1", home=tmp_path / "home")
+    one_error_line(proc, "declares 100,000 layers")
+
+
+def test_config_declaring_a_huge_width_is_refused(llama_dir, tmp_path):
+    from oficina.api import load
+
+    folder = hf_copy(llama_dir, tmp_path / "wide", {"hidden_size": 1 << 20, "intermediate_size": 1 << 22})
+    with pytest.raises(FormatError, match="describes at least"):
+        load(folder)
+
+
+# -- 3. symlinks out of a pulled folder ----------------------------------------------------------------
+def test_pull_refuses_a_link_out_of_the_folder(llama_dir, tmp_path, registry):
+    from oficina.registry.sources import pull
+
+    folder = hf_copy(llama_dir, tmp_path / "linked")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    (folder / "vocab.txt").symlink_to(secret)
+    with pytest.raises(FormatError, match=r"vocab\.txt is a link to .*secret\.txt, outside the model folder"):
+        pull(registry, str(folder), "linked")
+    assert registry.find("linked") is None
+    stored = [p.read_bytes() for p in registry.blobs.dir.iterdir()]
+    assert secret.read_bytes() not in stored
+    # a link that stays inside the folder is fine
+    (folder / "vocab.txt").unlink()
+    (folder / "LICENSE").write_text("MIT\n")
+    pull(registry, str(folder), "linked")
+
+
+def test_pull_refuses_a_linked_weights_file(llama_dir, tmp_path):
+    folder = hf_copy(llama_dir, tmp_path / "linked")
+    outside = tmp_path / "elsewhere.safetensors"
+    (folder / "model.safetensors").rename(outside)
+    (folder / "model.safetensors").symlink_to(outside)
+    proc = oficina("pull", str(folder), home=tmp_path / "home")
+    one_error_line(proc, "model.safetensors is a link to")
+
+
+# -- 4. remote code -----------------------------------------------------------------------------------
+def test_auto_map_is_refused_without_a_prompt(llama_dir, tmp_path):
+    folder = hf_copy(llama_dir, tmp_path / "remote", {"auto_map": {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}})
+    (folder / "modeling_evil.py").write_text("raise SystemExit('code from the model ran')\n")
+    for args in (("pull", str(folder)), ("run", str(folder), "hi", "--num-predict", "1")):
+        proc = oficina(*args, home=tmp_path / "home", input="y\n")  # a [y/N] prompt would read this
+        line = one_error_line(proc, "auto_map", "EvilForCausalLM", "does not run code")
+        assert "[y/N]" not in proc.stdout + proc.stderr, line
+
+
+# -- 6. internal errors that must be clean errors ------------------------------------------------------
+@pytest.mark.parametrize("meta, tokens, model, drop, words", [
+    ({"llama.embedding_length": "4096"}, None, "gpt2", (), ("llama.embedding_length", "str")),
+    ({}, [1, 2, 3, 4, 5, 6], "gpt2", (), ("tokenizer.ggml.tokens", "string")),
+    ({}, None, "llama", ("tokenizer.ggml.scores",), ("tokenizer.ggml.scores",)),
+    ({}, None, "gpt2", ("tokenizer.ggml.merges",), ("tokenizer.ggml.merges",)),
+])
+def test_gguf_metadata_of_the_wrong_type(tmp_path, meta, tokens, model, drop, words):
+    from oficina.models.info import describe
+
+    evil = write_gguf(tmp_path / "evil.gguf", meta, tokens=tokens, tokenizer_model=model, drop=drop)
+    with pytest.raises(FormatError) as e:
+        describe(evil)
+    for w in words:
+        assert w in str(e.value)
+    proc = oficina("pull", str(evil), home=tmp_path / "home")
+    one_error_line(proc, *words)
+
+
+def test_config_nested_100000_deep(llama_dir, tmp_path):
+    folder = hf_copy(llama_dir, tmp_path / "deep")
+    cfg = (folder / "config.json").read_text().rstrip().removesuffix("}")
+    (folder / "config.json").write_text(cfg + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for args in (("pull", str(folder)), ("run", str(folder), "hi"), ("weights", str(folder))):
+        proc = oficina(*args, home=tmp_path / "home")
+        one_error_line(proc, "config.json", "nested 100,001 levels deep")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a small tmpfs needs Linux namespaces")
+def test_disk_full_while_writing_a_blob(tmp_path):
+    """A real full disk: a 1 MiB tmpfs in a private mount namespace (unshare -rm)."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -rm is not allowed here")
+    mnt, big = tmp_path / "mnt", write_gguf(tmp_path / "big.gguf")
+    mnt.mkdir()
+    with open(big, "ab") as f:  # past the end of the data: the header still validates
+        f.write(os.urandom(3 << 20))
+    script = f"""
+import os, sys, subprocess
+subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', {str(mnt)!r}], check=True)
+os.environ['OFICINA_HOME'] = {str(mnt)!r} + '/home'
+from oficina.cli import main
+rc1 = main(['pull', {str(big)!r}])          # refused up front: the copy cannot fit
+from oficina.registry.registry import Registry
+reg = Registry()
+def chunks():                               # a stream of unknown length fills the disk
+    for _ in range(40):
+        yield os.urandom(1 << 16)
+try:
+    reg.blobs.put_stream(chunks())
+    rc2 = 0
+except Exception as e:
+    print('error:', type(e).__name__, e, file=sys.stderr)
+    rc2 = 1
+left = sorted(os.listdir(reg.blobs.dir))
+print('RESULT', rc1, rc2, left)
+"""
+    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "RESULT 1 1 []" in proc.stdout, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error: not enough disk space") and "needed" in lines[0], lines
+    assert lines[1].startswith("error: RegistryError disk full while writing a blob"), lines
+
+
+@pytest.fixture(scope="module")
+def lora_dir(llama_dir, tmp_path_factory) -> Path:
+    """A real PEFT LoRA for the tiny llama."""
+    import peft
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
+    cfg = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    out = tmp_path_factory.mktemp("lora") / "lora"
+    peft.get_peft_model(model, cfg).save_pretrained(out)
+    (out / "README.md").unlink(missing_ok=True)
+    return out
+
+
+def _modelfile(tmp_path: Path, body: str) -> Path:
+    mf = tmp_path / "Modelfile"
+    mf.write_text(body)
+    return mf
+
+
+def test_good_adapter_is_accepted(llama_dir, lora_dir, tmp_path, registry):
+    from oficina.create import create
+
+    entry = create(registry, "tuned", _modelfile(tmp_path, f"FROM {llama_dir}\nADAPTER {lora_dir}\n"))
+    assert entry.manifest.adapters
+
+
+def test_corrupt_adapter_is_refused_at_create(llama_dir, lora_dir, tmp_path, registry):
+    from oficina.create import create
+
+    bad = hf_copy(lora_dir, tmp_path / "bad")
+    data = (bad / "adapter_model.safetensors").read_bytes()
+    (bad / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    mf = _modelfile(tmp_path, f"FROM {llama_dir}\n# tuned\nADAPTER {bad}\n")
+    with pytest.raises(OficinaError, match=r"Modelfile line 3: ADAPTER: .*adapter_model\.safetensors is not a valid safetensors"):
+        create(registry, "bad", mf)
+    assert registry.find("bad") is None
+
+
+def test_lora_with_wrong_shapes_is_refused_at_create(llama_dir, lora_dir, tmp_path, registry):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from oficina.create import create
+
+    bad = hf_copy(lora_dir, tmp_path / "wrong")
+    tensors = load_file(bad / "adapter_model.safetensors")
+    key = next(k for k in tensors if "q_proj.lora_A" in k)
+    tensors[key] = torch.zeros(tensors[key].shape[0], tensors[key].shape[1] * 2)  # trained on a wider model
+    save_file(tensors, bad / "adapter_model.safetensors")
+    mf = _modelfile(tmp_path, f"FROM {llama_dir}\nADAPTER {bad}\n")
+    with pytest.raises(OficinaError, match=r"Modelfile line 2: ADAPTER: .*q_proj is \d+x\d+, but that weight of the base model is"):
+        create(registry, "wrong", mf)
+    proc = oficina("create", "wrong", "-f", str(mf), home=tmp_path / "home2")
+    one_error_line(proc, "Modelfile line 2", "another model")

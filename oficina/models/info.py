@@ -302,16 +302,16 @@ def read_json(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path.name}: cannot read {path.name} ({getattr(e, 'strerror', None) or e})") from None
+        raise FormatError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     depth = _max_depth(text)
     if depth > MAX_JSON_DEPTH:
-        raise FormatError(f"{path.name}: nested {depth} levels deep (a model config nests a few); not read")
+        raise FormatError(f"{path}: nested {depth:,} levels deep (a model config nests a few); not read")
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise FormatError(f"{path.name}: not valid JSON ({e})") from None
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise FormatError(f"{path.name}: expected a JSON object, got {type(value).__name__}")
+        raise FormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
 
 
