@@ -420,3 +420,191 @@ def test_lora_with_wrong_shapes_is_refused_at_create(llama_dir, lora_dir, tmp_pa
         create(registry, "wrong", mf)
     proc = oficina("create", "wrong", "-f", str(mf), home=tmp_path / "home2")
     one_error_line(proc, "Modelfile line 2", "another model")
+
+
+# -- 8. Go templates ------------------------------------------------------------------------------------
+def test_go_range_with_index_and_element_variables(tok):
+    t = "{{ range $i, $m := .Messages }}{{ $i }}:{{ $m.Role }}={{ $m.Content }}|{{ .Content }};{{ end }}"
+    assert tpl.render_chat(t, MSGS, tok) == "0:system=Be brief.|Be brief.;1:user=Hi|Hi;"
+    t = "{{ range $m := .Messages }}{{ $m.Content }}{{ if eq $m.Role \"user\" }}!{{ end }}{{ end }}"
+    assert tpl.render_chat(t, MSGS, tok) == "Be brief.Hi!"
+
+
+@pytest.mark.parametrize("action", ['{{ printf "%s" .Prompt }}', "{{ index .Messages 0 }}",
+                                    "{{ call .Prompt }}", '{{ template "other" . }}'])
+def test_go_functions_are_refused_at_create_with_the_line(action, llama_dir, tmp_path, registry):
+    from oficina.create import create
+
+    mf = _modelfile(tmp_path, f'FROM {llama_dir}\nSYSTEM hi\nTEMPLATE """<s>{{{{ .System }}}}\n{action}"""\n')
+    with pytest.raises(OficinaError, match=r"Modelfile line 3: TEMPLATE: "):
+        create(registry, "gofn", mf)
+    assert registry.find("gofn") is None
+    assert not list(registry.blobs.dir.iterdir())  # refused before the base was copied
+
+
+def test_jinja_syntax_error_is_refused_at_create(llama_dir, tmp_path, registry):
+    from oficina.create import create
+
+    mf = _modelfile(tmp_path, f"FROM {llama_dir}\nTEMPLATE \"\"\"{{% for m in messages %}}\n{{{{ m.content }}\"\"\"\n")
+    with pytest.raises(OficinaError, match=r"Modelfile line 2: TEMPLATE: chat template line 2: .*"):
+        create(registry, "badjinja", mf)
+    proc = oficina("create", "badjinja", "-f", str(mf), home=tmp_path / "home")
+    one_error_line(proc, "Modelfile line 2", "TEMPLATE")
+
+
+# -- 9. wording ---------------------------------------------------------------------------------------
+def test_parameter_errors_name_the_line(llama_dir, tmp_path):
+    mf = _modelfile(tmp_path, f"FROM {llama_dir}\n\nPARAMETER temperature 0.5\nPARAMETER top_p lots\n")
+    proc = oficina("create", "p", "-f", str(mf), home=tmp_path / "home")
+    one_error_line(proc, "Modelfile line 4", "top_p")
+    mf = _modelfile(tmp_path, f"FROM {llama_dir}\nPARAMETER num_ctx -5\n")
+    one_error_line(oficina("create", "p", "-f", str(mf), home=tmp_path / "home"), "Modelfile line 2", "num_ctx")
+
+
+def test_adapter_that_is_not_an_adapter(llama_dir, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh\n")
+    mf = _modelfile(tmp_path, f"FROM {llama_dir}\nADAPTER {passwd}\n")
+    line = one_error_line(oficina("create", "a", "-f", str(mf), home=tmp_path / "home"), "Modelfile line 2")
+    assert "is not an adapter" in line and "no such file" not in line
+    mf = _modelfile(tmp_path, f"FROM {llama_dir}\nADAPTER {tmp_path / 'missing'}\n")
+    one_error_line(oficina("create", "a", "-f", str(mf), home=tmp_path / "home"), "Modelfile line 2", "no such file")
+
+
+def test_load_errors_name_the_model_not_the_snapshot(llama_dir, tmp_path):
+    folder = hf_copy(llama_dir, tmp_path / "broken")
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    tj["model"] = {"type": "NoSuchModel"}
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    home = tmp_path / "home"
+    assert oficina("pull", str(folder), "--name", "broken", home=home).returncode == 0
+    line = one_error_line(oficina("run", "broken", "hi", "--num-predict", "1", home=home), "broken")
+    snapshots = [p.name for p in (home / "snapshots").iterdir()]
+    assert not any(s in line for s in snapshots), line
+    assert "internal error" not in line
+
+
+def test_missing_tokenizer_entries_become_sentences(tmp_path):
+    """A GGUF whose tokenizer lacks what its type needs: a sentence, not KeyError: 'scores'."""
+    evil = write_gguf(tmp_path / "noscores.gguf", tokenizer_model="llama", drop=("tokenizer.ggml.scores",))
+    line = one_error_line(oficina("run", str(evil), "hi", home=tmp_path / "home"), "tokenizer.ggml.scores")
+    assert "'scores'" not in line.replace("tokenizer.ggml.scores", "")
+
+
+# -- 5. partial files after kill -9 -----------------------------------------------------------------
+SLOW_PULL = """
+import sys, time
+import oficina.registry.store as store
+original = store.iter_file
+def slow(f):  # a pull over a slow disk or network: one chunk, then a long wait
+    for chunk in original(f):
+        yield chunk
+        time.sleep(60)
+store.iter_file = slow
+from oficina.cli import main
+sys.exit(main(['pull', sys.argv[1]]))
+"""
+
+
+def _big_gguf(path: Path) -> Path:
+    write_gguf(path)
+    with open(path, "ab") as f:  # bytes after the tensor data: the header still validates
+        f.write(os.urandom(3 << 20))
+    return path
+
+
+def _start_slow_pull(source: Path, home: Path) -> tuple[subprocess.Popen, list[Path]]:
+    env = {**os.environ, "OFICINA_HOME": str(home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PULL, str(source)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        partials = list((home / "blobs").glob(".partial-*")) if (home / "blobs").is_dir() else []
+        if partials and partials[0].stat().st_size > 0:
+            return proc, partials
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the pull never started writing")
+
+
+def test_kill_9_during_pull_leaves_nothing_that_lasts(tmp_path):
+    home, big, small = tmp_path / "home", _big_gguf(tmp_path / "big.gguf"), write_gguf(tmp_path / "small.gguf")
+    proc, partials = _start_slow_pull(big, home)
+    proc.kill()  # SIGKILL: no finally block runs
+    proc.wait()
+    assert all(p.exists() for p in partials)
+    stale_wheels = home / "tmp" / "tmpk9"  # what a killed catalogue pull leaves (pip's wheels)
+    stale_wheels.mkdir(parents=True)
+    (stale_wheels / "model-1.0-py3-none-any.whl").write_bytes(os.urandom(1 << 16))
+    assert oficina("pull", str(small), home=home).returncode == 0  # the next writing command sweeps
+    assert not list((home / "blobs").glob(".partial-*"))
+    assert not list((home / "tmp").iterdir())
+
+    proc, partials = _start_slow_pull(big, home)
+    proc.kill()
+    proc.wait()
+    proc = oficina("rm", "small", home=home)  # and so does rm (its gc)
+    assert proc.returncode == 0, proc.stderr
+    assert not list((home / "blobs").iterdir())
+
+
+def test_a_running_pull_keeps_its_partial_file(tmp_path):
+    """Sweeping is only for the dead: a pull in progress holds the writers' lock, and another
+    pull or an rm running meanwhile leaves its partial file (and its stored blobs) alone."""
+    home, big, small = tmp_path / "home", _big_gguf(tmp_path / "big.gguf"), write_gguf(tmp_path / "small.gguf")
+    proc, partials = _start_slow_pull(big, home)
+    try:
+        assert oficina("pull", str(small), home=home).returncode == 0
+        assert oficina("rm", "small", home=home).returncode == 0
+        assert all(p.exists() for p in partials)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- 10. a pull and an rm at the same time ---------------------------------------------------------------
+def test_concurrent_pull_and_rm_never_commit_a_missing_blob(tmp_path, home):
+    import threading
+
+    from oficina.registry.registry import Registry
+    from oficina.registry.sources import pull
+
+    n = 25
+    mine = [write_gguf(tmp_path / f"a{i}.gguf", {"llama.context_length": 100 + i}) for i in range(n)]
+    theirs = [write_gguf(tmp_path / f"b{i}.gguf", {"llama.context_length": 1000 + i}) for i in range(n)]
+    problems: list[str] = []
+
+    def puller():
+        reg = Registry(home)
+        for f in mine:
+            try:
+                entry = pull(reg, str(f), "a")
+            except Exception as e:  # noqa: BLE001 -- any failure of a valid pull is the race
+                problems.append(f"pull failed: {type(e).__name__}: {e}")
+                continue
+            gone = [d for d in entry.manifest.digests() if not reg.blobs.has(d)]
+            if gone:
+                problems.append(f"a@{entry.version} committed without {gone}")
+
+    def remover():
+        reg = Registry(home)
+        for f in theirs:
+            try:
+                pull(reg, str(f), "b")
+                reg.remove("b")
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"pull/rm b failed: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=puller), threading.Thread(target=remover)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not problems, problems[:5]
+    reg = Registry(home)
+    versions = [v for e in reg.list() for v in reg.history(e.name)[0]]
+    assert [e.name for e in reg.list()] == ["a:latest"] and len(versions) == n
+    referenced = {d.replace(":", "-") for v in versions for d in v.manifest.digests() | {v.digest}}
+    assert referenced <= {p.name for p in reg.blobs.dir.iterdir()}  # every version has its blobs
+    reg.gc()  # with no writer left, gc collects what the deferred ones left
+    assert {p.name for p in reg.blobs.dir.iterdir()} == referenced

@@ -77,7 +77,13 @@ def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, l
         with no_tqdm():
             # never import a model's own Python files (info.refuse_remote_code said so already);
             # False, not the default None, which asks "[y/N]" on a terminal
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
+            except Exception as e:  # the tokenizers library raises plain Exception for a bad tokenizer.json
+                if isinstance(e, KeyError):
+                    raise
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise FormatError(f"cannot load {label}: its tokenizer does not load ({first})") from None
             model = auto.from_pretrained(str(folder), dtype=dtype or torch.float32,
                                          trust_remote_code=False, **kwargs)
     except KeyError as e:  # transformers' GGUF/tokenizer converters index dicts from the file
