@@ -67,7 +67,7 @@ def test_hostile_template_is_stopped_by_the_budget(name, tok):
     start = time.perf_counter()
     with pytest.raises(FormatError, match="chat template"):
         tpl.render_chat(HOSTILE_TEMPLATES[name], MSGS, tok)
-    assert time.perf_counter() - start < tpl.TIME_BUDGET_S + 3
+    assert time.perf_counter() - start < 6  # the 2 s budget, on a loaded machine
 
 
 def test_budgeted_renderer_matches_transformers(tok):

@@ -1,10 +1,15 @@
 """Chat templates from outside: Hugging Face Jinja templates, and Ollama's Go templates.
 
-Templates are untrusted. Jinja ones are rendered by transformers' ``apply_chat_template``, which
-uses Jinja's ``ImmutableSandboxedEnvironment``. Ollama Modelfile TEMPLATEs are Go
+Templates are untrusted code. Jinja ones are rendered here, in a Jinja ``ImmutableSandboxedEnvironment``
+set up exactly as transformers' ``apply_chat_template`` sets up its own (so the prompt is the
+same), with budgets that sandbox lacks: a template that loops for hours (nested ``range(100000)``)
+is stopped after ``TIME_BUDGET_S``, and one that builds a huge value in a single C call
+(``10 ** (10 ** 10)``, ``'a' * 10 ** 12``, doubling a string with ``~``) is refused by size
+before the call; the output is capped at ``MAX_OUTPUT_CHARS``. Ollama Modelfile TEMPLATEs are Go
 ``text/template``; the common subset Ollama's own library uses is translated to Jinja
-(variables ``.System .Prompt .Response .Messages .Role .Content``, ``if/else if/else/end``,
-``range``, ``eq ne not and or``); anything else is refused with a clear message rather than
+(variables ``.System .Prompt .Response .Messages .Role .Content``, ``$var``, ``if/else
+if/else/end``, ``range`` with or without ``$i, $m :=``, ``eq ne not and or len``); anything else
+(``printf``, ``index``, ``call``, ``template``...) is refused with a clear message rather than
 rendered wrongly.
 """
 
@@ -14,8 +19,10 @@ import contextlib
 import ctypes
 import functools
 import json
+import os
 import re
 import threading
+import time
 from typing import Sequence
 
 from ..errors import FormatError
@@ -249,28 +256,58 @@ def compile_template(template: str):
         raise FormatError(f"chat template line {e.lineno}: {e.message}") from None
 
 
+class _Watchdog:
+    """One daemon thread that interrupts a rendering thread past its deadline with _OutOfTime.
+    Pure-Python loops (which is what Jinja compiles ``for`` into) see the exception at their next
+    bytecode; the single C calls that could run long are refused by size above. One thread for
+    all renders, because starting a timer thread per render cost more than the render itself."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._jobs: dict[object, tuple[float, int]] = {}  # token -> (deadline, thread id)
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> object:
+        token = object()
+        with self._cond:
+            self._jobs[token] = (time.monotonic() + seconds, threading.get_ident())
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="oficina-template-watchdog", daemon=True)
+                self._thread.start()
+            if seconds < TIME_BUDGET_S:  # the thread never sleeps longer than the full budget
+                self._cond.notify()
+        return token
+
+    def disarm(self, token: object) -> None:
+        with self._cond:  # after this, the token can no longer fire
+            self._jobs.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (due, thread) in list(self._jobs.items()):
+                    if due <= now:
+                        del self._jobs[token]
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(_OutOfTime))
+                wake = min((due for due, _ in self._jobs.values()), default=now + TIME_BUDGET_S)
+                self._cond.wait(max(wake - now, 0.001))
+
+
+_WATCHDOG = _Watchdog()
+# a forked child (a DataLoader worker) has the object but not the thread: start afresh there
+os.register_at_fork(after_in_child=lambda: _WATCHDOG.__init__())
+
+
 @contextlib.contextmanager
 def _deadline(seconds: float):
-    """Interrupt the current thread with _OutOfTime after ``seconds``. Pure-Python loops (which
-    is what Jinja compiles ``for`` into) see the exception at their next bytecode; the single C
-    calls that could run long are refused by size above."""
-    thread, lock, done = threading.get_ident(), threading.Lock(), []
-
-    def fire():
-        with lock:
-            if not done:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(_OutOfTime))
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
+    """Raise FormatError in this thread if the block runs longer than ``seconds``."""
     try:
+        token = _WATCHDOG.arm(seconds)
         try:
             yield
         finally:
-            with lock:
-                done.append(True)
-            timer.cancel()
+            _WATCHDOG.disarm(token)
     except _OutOfTime:
         raise FormatError(f"chat template did not finish rendering within {seconds:g} s "
                           f"(it loops too long); not rendered") from None
