@@ -533,12 +533,18 @@ def test_kill_9_during_pull_leaves_nothing_that_lasts(tmp_path):
     proc.kill()  # SIGKILL: no finally block runs
     proc.wait()
     assert all(p.exists() for p in partials)
-    stale_wheels = home / "tmp" / "tmpk9"  # what a killed catalogue pull leaves (pip's wheels)
-    stale_wheels.mkdir(parents=True)
-    (stale_wheels / "model-1.0-py3-none-any.whl").write_bytes(os.urandom(1 << 16))
+    # what a catalogue pull killed an hour ago left (pip's wheels); a fresh one may be a live
+    # command's work folder (quantize writes there before it takes the lock), so it stays
+    stale, fresh = home / "tmp" / "tmpk9", home / "tmp" / "tmplive"
+    for d in (stale, fresh):
+        d.mkdir(parents=True)
+        (d / "model-1.0-py3-none-any.whl").write_bytes(os.urandom(1 << 16))
+    old = time.time() - 2 * 3600
+    for p in (stale / "model-1.0-py3-none-any.whl", stale):
+        os.utime(p, (old, old))
     assert oficina("pull", str(small), home=home).returncode == 0  # the next writing command sweeps
     assert not list((home / "blobs").glob(".partial-*"))
-    assert not list((home / "tmp").iterdir())
+    assert [p.name for p in (home / "tmp").iterdir()] == ["tmplive"]
 
     proc, partials = _start_slow_pull(big, home)
     proc.kill()

@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS heads (
 """
 
 
+STALE_TMP_S = 3600  # a tmp/ entry untouched this long belongs to a command that died
+
+
 def default_home() -> Path:
     return Path(os.environ.get("OFICINA_HOME") or Path.home() / ".oficina").expanduser()
 
@@ -124,15 +127,17 @@ class Registry:
             self._release()
 
     def _sweep(self) -> int:
-        """Remove what killed writers left; call only with the lock held exclusively."""
+        """Remove what killed writers left; call only with the lock held exclusively. Partial
+        blobs are only ever written under the lock, so now every one is stale. ``tmp/`` and
+        half-built snapshots are also used by commands before they take the lock (quantize's
+        work folder, a reader's snapshot), so only those untouched for a while go."""
         freed = self.blobs.clean_partials()
-        # readers (run) build snapshots without the lock too: only old half-built ones are stale
-        stale = time.time() - 600
-        for d in (self.home / "tmp", self.home / "snapshots"):
+        now = time.time()
+        for d, idle in ((self.home / "tmp", STALE_TMP_S), (self.home / "snapshots", 600)):
             if not d.is_dir():
                 continue
             for p in d.iterdir():
-                if d.name == "tmp" or (p.name.startswith(".tmp-") and p.lstat().st_mtime < stale):
+                if (d.name == "tmp" or p.name.startswith(".tmp-")) and _last_touched(p) < now - idle:
                     freed += _size(p)
                     if p.is_dir() and not p.is_symlink():
                         shutil.rmtree(p, ignore_errors=True)
@@ -304,6 +309,17 @@ class Registry:
             if not final.is_dir():
                 raise
         return final
+
+
+def _last_touched(p: Path) -> float:
+    """The newest mtime of ``p`` and everything under it (a live command keeps writing there)."""
+    try:
+        times = [p.lstat().st_mtime]
+        if p.is_dir() and not p.is_symlink():
+            times += [f.lstat().st_mtime for f in p.rglob("*")]
+        return max(times)
+    except OSError:
+        return time.time()
 
 
 def _size(p: Path) -> int:
