@@ -484,11 +484,18 @@ def test_load_errors_name_the_model_not_the_snapshot(llama_dir, tmp_path):
     assert "internal error" not in line
 
 
-def test_missing_tokenizer_entries_become_sentences(tmp_path):
-    """A GGUF whose tokenizer lacks what its type needs: a sentence, not KeyError: 'scores'."""
+def test_missing_tokenizer_entries_become_sentences(llama_dir, tmp_path):
+    """A tokenizer that lacks what its type needs: a sentence, not KeyError: 'scores'."""
     evil = write_gguf(tmp_path / "noscores.gguf", tokenizer_model="llama", drop=("tokenizer.ggml.scores",))
     line = one_error_line(oficina("run", str(evil), "hi", home=tmp_path / "home"), "tokenizer.ggml.scores")
-    assert "'scores'" not in line.replace("tokenizer.ggml.scores", "")
+    assert "KeyError" not in line
+    folder = hf_copy(llama_dir, tmp_path / "noadded")
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    del tj["added_tokens"]
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    line = one_error_line(oficina("run", str(folder), "hi", home=tmp_path / "home"),
+                          "noadded", "tokenizer lacks the entry 'added_tokens'")
+    assert "KeyError" not in line
 
 
 # -- 5. partial files after kill -9 -----------------------------------------------------------------

@@ -79,21 +79,26 @@ def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, l
             # False, not the default None, which asks "[y/N]" on a terminal
             try:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
+            except KeyError as e:  # converters index the file's dicts: tokenizer.json, GGUF metadata
+                raise FormatError(f"cannot load {label}: its tokenizer lacks the entry {_key(e)} "
+                                  f"(in tokenizer.json, or tokenizer.ggml.* in a GGUF)") from None
             except Exception as e:  # the tokenizers library raises plain Exception for a bad tokenizer.json
-                if isinstance(e, KeyError):
-                    raise
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise FormatError(f"cannot load {label}: its tokenizer does not load ({first})") from None
             model = auto.from_pretrained(str(folder), dtype=dtype or torch.float32,
                                          trust_remote_code=False, **kwargs)
-    except KeyError as e:  # transformers' GGUF/tokenizer converters index dicts from the file
-        raise FormatError(f"cannot load {label}: its files lack the entry {str(e.args[0] if e.args else e)!r} "
-                          f"that its {info.architecture} tokenizer or config needs") from None
+    except KeyError as e:  # transformers' GGUF converters index dicts from the file
+        raise FormatError(f"cannot load {label}: its files lack the entry {_key(e)} that a "
+                          f"{info.architecture} model needs") from None
     except (OSError, ValueError, RuntimeError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FormatError(f"cannot load {label} ({info.architecture}): {first}") from None
     model.eval().to(device())
     return model, tokenizer
+
+
+def _key(e: KeyError) -> str:
+    return repr(str(e.args[0])) if e.args else "(unnamed)"
 
 
 def _from_packed(folder: Path, info: ModelInfo, dtype):
