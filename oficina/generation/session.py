@@ -56,9 +56,10 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
         if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)
             from ..tuning.attach import attach_loaded
 
-            loaded = attach_loaded(load_folder(snap, entry.manifest.format, cache=cache), snap / "adapters")
+            loaded = attach_loaded(load_folder(snap, entry.manifest.format, cache=cache, label=entry.ref),
+                                   snap / "adapters")
         else:
-            loaded = _lazy(snap, entry.manifest.format, cache)
+            loaded = _lazy(snap, entry.manifest.format, cache, label=entry.ref)
         base = Options.from_mapping(entry.manifest.params)
         model = Model(loaded, entry, base.merged(options), cache=cache)
     model.load_seconds = time.perf_counter() - t0
@@ -70,10 +71,10 @@ class LazyLoaded:
     and the facts are read now (a second or less), the weights only if a transformers path
     needs them (scoring, inspection, the fallback runner)."""
 
-    def __init__(self, folder: Path, fmt: str | None, cache: Path | None):
+    def __init__(self, folder: Path, fmt: str | None, cache: Path | None, label: str | None = None):
         from ..models.info import describe
 
-        self.source, self.fmt, self.cache = Path(folder), fmt, cache
+        self.source, self.fmt, self.cache, self.label = Path(folder), fmt, cache, label
         self.info = describe(self.source, fmt)
         self.folder = self.source
         self._model = None
@@ -96,7 +97,7 @@ class LazyLoaded:
             self._materialize()
 
     def _materialize(self) -> None:
-        loaded = load_folder(self.source, self.fmt, cache=self.cache)
+        loaded = load_folder(self.source, self.fmt, cache=self.cache, label=self.label)
         self._model, self.tokenizer, self.folder = loaded.model, loaded.tokenizer, loaded.folder
         if self.info.format == "gguf" and self.cache is not None:
             self.hf_folder = loaded.folder
@@ -114,13 +115,13 @@ class LazyLoaded:
         return self._model is not None
 
 
-def _lazy(folder: Path, fmt: str | None, cache: Path | None):
+def _lazy(folder: Path, fmt: str | None, cache: Path | None, label: str | None = None):
     from ..models.info import describe
 
     info = describe(folder, fmt)
     if info.kind != "decoder-only":  # encoders are small and always go through transformers
-        return load_folder(folder, fmt, cache=cache, info=info)
-    return LazyLoaded(folder, fmt, cache)
+        return load_folder(folder, fmt, cache=cache, info=info, label=label)
+    return LazyLoaded(folder, fmt, cache, label)
 
 
 class Model:
