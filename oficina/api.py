@@ -20,7 +20,9 @@ from .options import Options
 from .registry.registry import Entry, Registry
 from .registry.sources import catalog, pull
 from .registry.names import parse_ref
-from .report import reporter
+from .report import quiet_libraries, reporter
+
+quiet_libraries()
 
 # Tokens that end an assistant turn in common chat formats (ChatML, Gemma, Llama 3, Phi).
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<eos>")

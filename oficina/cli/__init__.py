@@ -12,6 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import OficinaError
+from ..report import quiet_libraries
 
 # Listed first, in this order; any other command module is picked up after them.
 FIRST = ("run", "models")
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries(everything=True)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

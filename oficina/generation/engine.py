@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..models.compat import cache_arg, cache_of
 from ..options import Options
 from .sampling import Sampler
 from .text import StopMatcher, Detokenizer
@@ -89,7 +90,7 @@ class Engine:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-            past, logits = out.past_key_values, out.logits[0, -1].float()
+            past, logits = cache_of(out), out.logits[0, -1].float()
             stats.prompt_seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
             stats.done_reason = "length"
@@ -109,8 +110,8 @@ class Engine:
                 if len(generated) >= budget:
                     break
                 out = self.model(input_ids=torch.tensor([[tok]], device=self.device),
-                                 past_key_values=past, use_cache=True)
-                past, logits = out.past_key_values, out.logits[0, -1].float()
+                                 use_cache=True, **{cache_arg(self.model): past})
+                past, logits = cache_of(out), out.logits[0, -1].float()
             stats.eval_tokens = len(generated)
             stats.eval_seconds = time.perf_counter() - t1
         if not stop.hit:
