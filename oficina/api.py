@@ -42,6 +42,7 @@ def resolve(name: str, registry: Registry | None = None, auto_pull: bool = True)
 def load(name: str | Path, registry: Registry | None = None, **options: Any) -> "Model":
     """Load a registry model (pulled on first use if it is in the catalogue), or a local
     ``.gguf`` file / Hugging Face folder directly."""
+    Options.from_mapping(options)  # a wrong option is refused before the model loads
     path = Path(name).expanduser()
     if isinstance(name, Path) or path.exists():
         if not path.exists():

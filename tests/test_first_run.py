@@ -52,3 +52,123 @@ def test_python_api_prints_nothing_but_the_answer(real_registry):
     p = oficina(code=code)
     assert p.returncode == 0, p.stderr
     assert "Paris" in p.stdout and p.stderr == "", (p.stdout, p.stderr)
+
+
+# -- help, fast and readable ----------------------------------------------------------------------
+def _commands() -> list[list[str]]:
+    import argparse
+
+    from oficina.cli import build_parser
+
+    out = []
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out.append(prefix + [name])
+                    walk(sub, prefix + [name])
+
+    walk(build_parser(), [])
+    return out
+
+
+def test_every_command_help_renders(capsys):
+    """argparse treats help strings as %-formats: a bare '%' in one (tune's "~30% slower")
+    printed argparse's internal dict instead of the help."""
+    from oficina.cli import main
+
+    commands = _commands()
+    assert ["tune"] in commands and ["run"] in commands and ["tokenizer", "train"] in commands
+    for argv in [[]] + commands:
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0, argv
+        assert out.startswith("usage: oficina"), (argv, out[:200])
+        assert "option_strings" not in out and "%(" not in out and "{'" not in out, (argv, out)
+
+
+def test_help_and_list_do_not_import_torch(tmp_path):
+    """`oficina --help` and `oficina list` import neither torch nor transformers (seconds of
+    import each); a command imports them when it needs a model."""
+    code = ("import sys\n"
+            "from oficina.cli import main\n"
+            "for argv in (['--help'], ['run', '--help'], ['tune', '--help'], ['list']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'matplotlib', 'numpy') if m in sys.modules)\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    p = oficina(code=code, home=tmp_path / "home")
+    assert p.returncode == 0, p.stderr
+    assert "HEAVY []" in p.stderr, p.stderr
+
+
+def test_bad_options_are_refused_before_any_model_loads(tmp_path):
+    """A wrong value answers at once: the model (not even in this empty home) is never looked up."""
+    for argv in (["run", "smollm2", "--top-p", "2", "hi"], ["predict", "smollm2", "hi", "--temperature", "-1"],
+                 ["eval", "smollm2", "--top-k", "x"], ["export", "smollm2", "--type", "Q9_Z"]):
+        p = oficina(*argv, home=tmp_path / "home", timeout=60)
+        assert p.returncode == 1 and p.stderr.startswith("error: "), (argv, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / "home" / "blobs").exists() or not any((tmp_path / "home" / "blobs").iterdir())
+
+
+def test_python_api_refuses_bad_options_before_loading(home):
+    import oficina
+    from oficina.errors import InvalidOptions
+
+    with pytest.raises(InvalidOptions, match="top_p"):
+        oficina.load("smollm2", top_p=2)  # not in this empty home: it would be pulled first
+    assert not (home / "blobs").exists() or not any((home / "blobs").iterdir())
+
+
+def test_unknown_flag_prints_the_commands_usage(capsys):
+    from oficina.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", "smollm2", "--bogus", "1", "hi"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("usage: oficina run") and "--bogus" in err, err
+
+
+# -- eval writes files only when asked ------------------------------------------------------------
+def test_eval_writes_nothing_unasked_and_prints_json(tmp_path, home, monkeypatch, capsys):
+    import json
+
+    from oficina.cli import main
+    from tiny import build
+
+    model = tmp_path / "tiny-llama"
+    build("llama", model)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["eval", str(model), "--tasks", "ppl:builtin", "--limit", "2", "--window", "32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "ppl:builtin" in report["results"][report["models"][0]["label"]]
+    assert list(work.iterdir()) == []  # no oficina-eval.json / .png dropped in the current folder
+    assert main(["eval", str(model), "--tasks", "ppl:builtin", "--limit", "2", "--window", "32",
+                 "--out", str(work / "r")]) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["r.json", "r.png"]
+
+
+def test_eval_chart_title_promises_no_bars_perplexity_lacks(tmp_path):
+    from oficina.evaluation.chart import _bars_note
+    from oficina.evaluation.compare import Report
+
+    class R(Report):  # only what the title reads
+        def __init__(self, cis):
+            self.models = [type("M", (), {"label": "a"})()]
+            self._cis = cis
+
+        def metric(self, label, task, name):
+            return type("Metric", (), {"ci95": self._cis[name]})()
+
+    cols = [("ppl", "ppl"), ("mc", "acc")]
+    assert _bars_note(R({"ppl": None, "acc": 0.1}), cols) == "  (error bars: 95% interval; none for ppl)"
+    assert _bars_note(R({"ppl": None, "acc": None}), cols) == ""
+    assert _bars_note(R({"ppl": 0.2, "acc": 0.1}), cols) == "  (error bars: 95% interval)"

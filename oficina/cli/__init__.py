@@ -32,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The command's own parser, so a mistake prints that command's usage, not the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries(everything=True)
     parser = build_parser()
@@ -41,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "prompt") and not any(e.startswith("-") for e in extra):
             args.prompt = " ".join(([args.prompt] if args.prompt else []) + extra)
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _subparser(parser, getattr(args, "command", None)).error(
+                f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -7,7 +7,7 @@ import dataclasses
 import typing
 
 from ..errors import OficinaError
-from .common import console, count, human, registry, short
+from .common import console, count, human, literal, registry, short
 
 # recipe fields that are positional, have their own flag below, or are not flags at all
 _NOT_FLAGS = {"base", "options"}
@@ -158,7 +158,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + _ALIASES.get(f.name, [])
-        helptext = f.metadata.get("help", "")
+        helptext = literal(f.metadata.get("help", ""))
         if hints[f.name] is bool:
             g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{helptext} (default {'on' if f.default else 'off'})")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import InvalidOptions
+
+if TYPE_CHECKING:  # only for annotations: `oficina --help` must not import torch
+    from torch import nn
 
 # The method modules shipped with oficina; importing one registers it.
 BUILTIN = ("full", "lora", "qlora", "prompt", "prefix", "ia3", "adapter")
