@@ -40,9 +40,9 @@ def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    quiet_libraries(everything=True)
-    parser = build_parser()
+def parse(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (a mistake exits 2 with the command's usage)."""
+    parser = parser or build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         # argparse takes positionals in one go, so `run NAME --flag X PROMPT` leaves PROMPT over.
@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _subparser(parser, getattr(args, "command", None)).error(
                 f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries(everything=True)
+    parser = build_parser()
+    args = parse(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
