@@ -33,6 +33,7 @@ class Method:
     load: Callable[[nn.Module, Path, Any], nn.Module]  # (base, folder, Task) -> model as trained
     merge: Callable[[nn.Module], nn.Module] | None = None  # fold into the base weights
     learning_rate: float = 1e-4                    # default when the recipe gives none
+    small_model_learning_rate: float | None = None  # the same, for models under defaults.SMALL_MODEL
     artifact: str = "adapter"                      # "adapter" (base + small files) | "model"
 
 
