@@ -7,7 +7,9 @@ reporter or one that records messages.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import warnings
 from typing import Iterator
 
 from rich.console import Console
@@ -75,3 +77,22 @@ def set_reporter(r: Reporter) -> Reporter:
 
 def is_interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+# Deprecations inside other libraries' own calls (peft passing transformers' old names), which
+# oficina cannot fix at the source; its own calls use the new names (``models.compat``).
+LIBRARY_DEPRECATIONS = (r"`past_key_values` is deprecated", r"`is_gradient_checkpointing` is deprecated")
+
+
+def quiet_libraries(everything: bool = False) -> None:
+    """Keep other libraries' warnings out of the user's output. The CLI (``everything``) owns
+    the process and drops every Python warning, since oficina's own go through ``reporter()``;
+    the Python API shares its process with the user's code, so it drops only the ones above.
+    ``PYTHONWARNINGS``/``-W`` or ``OFICINA_DEBUG=1`` keep them all."""
+    if sys.warnoptions or os.environ.get("OFICINA_DEBUG"):
+        return
+    if everything:
+        warnings.simplefilter("ignore")
+        return
+    for message in LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)

@@ -75,3 +75,31 @@ def test_minilm_sentiment_beats_chance(real_registry, capsys):
     predicted = tuned.classify([x["text"] for x in rows])
     accuracy = sum(p == x["label"] for p, x in zip(predicted, rows)) / len(rows)
     assert accuracy == pytest.approx(r.metrics["val_accuracy"], abs=1.5 / len(rows))  # padding may flip a tie
+
+
+def test_lora_with_no_settings_learns_a_small_fact_set(real_registry, smollm2, monkeypatch, capsys,
+                                                        _quiet_reporter):
+    """A first run as the README types it, no flags beyond the data: `oficina tune smollm2
+    --method lora --data FILE --out NAME` on 36 question/answer pairs (12 facts, 3 phrasings)
+    answers most of the 12 held-out paraphrases, and its header says which values were chosen."""
+    import oficina
+    from oficina.cli import main
+
+    questions = [json.loads(line) for line in
+                 DATA.joinpath("tavrenna_small_heldout.jsonl").read_text().splitlines()]
+    base_hits, base_log = _score(smollm2, questions)
+    monkeypatch.setenv("OFICINA_HOME", str(real_registry.home))
+    assert main(["tune", "smollm2", "--method", "lora", "--data",
+                 str(DATA.joinpath("tavrenna_small_train.jsonl")), "--out", "smollm2-defaults-test"]) == 0
+    out = capsys.readouterr().out
+    header = next(m for kind, m in _quiet_reporter.messages if m.startswith("settings:"))
+    assert "(chosen)" in header and "learning rate 0.002 (lora's default for models under 1B" in header, header
+    assert "target_modules all-linear" in header, header
+    tuned = oficina.load("smollm2-defaults-test", registry=real_registry)
+    hits, log = _score(tuned, questions)
+    with capsys.disabled():
+        print(f"\n{header}\nbase {base_hits}/{len(questions)}, tuned with defaults {hits}/{len(questions)} "
+              f"held-out paraphrases\n" + "\n".join(log) + "\n" + out)
+    assert "forgetting check" in out and "%" in out  # the cost is reported
+    assert base_hits <= 2, base_log
+    assert hits > len(questions) // 2, log

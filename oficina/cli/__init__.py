@@ -12,6 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import OficinaError
+from ..report import quiet_libraries
 
 # Listed first, in this order; any other command module is picked up after them.
 FIRST = ("run", "models")
@@ -31,15 +32,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The command's own parser, so a mistake prints that command's usage, not the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def parse(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (a mistake exits 2 with the command's usage)."""
+    parser = parser or build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         # argparse takes positionals in one go, so `run NAME --flag X PROMPT` leaves PROMPT over.
         if hasattr(args, "prompt") and not any(e.startswith("-") for e in extra):
             args.prompt = " ".join(([args.prompt] if args.prompt else []) + extra)
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _subparser(parser, getattr(args, "command", None)).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries(everything=True)
+    parser = build_parser()
+    args = parse(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

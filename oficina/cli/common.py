@@ -23,20 +23,31 @@ def registry():
     return Registry()
 
 
+def literal(text: str) -> str:
+    """Help text taken from data (a dataclass field's help), safe for argparse, which treats
+    help as a %-format string ("~30% slower" rendered argparse's internal dict)."""
+    return text.replace("%", "%%")
+
+
 def option_flags(p: argparse.ArgumentParser) -> None:
     """One flag per parameter in the Options table (the one home of their names)."""
     g = p.add_argument_group("parameters (Ollama's names; unset = the model's or Ollama's default)")
     for prm in PARAMS:
         flag = "--" + prm.name.replace("_", "-")
         if prm.type is list:
-            g.add_argument(flag, dest=prm.name, action="append", metavar="TEXT", help=prm.help)
+            g.add_argument(flag, dest=prm.name, action="append", metavar="TEXT", help=literal(prm.help))
         else:
             g.add_argument(flag, dest=prm.name, type=str, metavar=prm.type.__name__.upper(),
-                           help=f"{prm.help} (default {prm.default})")
+                           help=literal(f"{prm.help} (default {prm.default})"))
 
 
 def options_from(args: argparse.Namespace) -> dict[str, Any]:
-    return {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
+    """The parameter flags given, checked now: a wrong value is refused before any model loads."""
+    from ..options import validate_mapping
+
+    given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
+    validate_mapping(given)
+    return given
 
 
 def human(n: float, unit: str = "B") -> str:

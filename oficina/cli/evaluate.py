@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -20,10 +21,17 @@ def eval_(args) -> None:
     specs = parse_tasks(args.tasks)
     reg = registry()
     report = evaluate(args.models, specs, cfg, registry=reg)
-    prefix = Path(args.out)
-    written = [report.save(prefix.with_name(prefix.name + ".json"))]
-    if not args.no_chart:
-        written.append(draw(report, prefix.with_name(prefix.name + ".png"), every=args.all))
+    written = []
+    if args.out:  # files only when asked for
+        prefix = Path(args.out)
+        written.append(report.save(prefix.with_name(prefix.name + ".json")))
+        if not args.no_chart:
+            written.append(draw(report, prefix.with_name(prefix.name + ".png"), every=args.all))
+    if args.save:
+        refs = save_metrics(report, reg)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
     c = console()
     if not c.is_terminal:  # a file or pipe has no width to respect: one cell, one line
         from rich.console import Console
@@ -31,11 +39,10 @@ def eval_(args) -> None:
         c = Console(highlight=False, width=200)
     c.print(table(report, args.all))
     c.print(_notes(report), markup=False, highlight=False)
-    if args.save:
-        refs = save_metrics(report, reg)
-        if refs:
-            c.print(f"metrics saved to {', '.join(refs)} (see `oficina history NAME`)", markup=False)
-    c.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
+    if args.save and refs:
+        c.print(f"metrics saved to {', '.join(refs)} (see `oficina history NAME`)", markup=False)
+    if written:
+        c.print(f"wrote {', '.join(str(p) for p in written)}", markup=False)
 
 
 def fmt(v: float) -> str:
@@ -107,8 +114,8 @@ def register(sub) -> None:
     s = sub.add_parser(
         "eval", help="evaluate and compare models: perplexity, BLEU/ROUGE, accuracy, multiple choice",
         description="Score models on tasks and print them side by side (rows: models, columns: "
-                    "metrics, with the change against the first model); writes PREFIX.json (model "
-                    "and task digests, options, version) and PREFIX.png.")
+                    "metrics, with the change against the first model); --out PREFIX writes PREFIX.json "
+                    "(model and task digests, options, version) and PREFIX.png.")
     s.add_argument("models", nargs="+", metavar="MODEL", help="registry names (name:tag@N) or paths")
     s.add_argument("--tasks", default=DEFAULT_TASKS,
                    help=f"comma-separated KIND:FILE or KIND:builtin (a bare KIND = builtin); kinds: "
@@ -121,9 +128,11 @@ def register(sub) -> None:
     s.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch (default 4096)")
     s.add_argument("--limit", type=int, help="score only the first N items of each task")
     s.add_argument("--bootstrap", type=int, default=200, help="resamples for corpus-score intervals")
-    s.add_argument("--out", default="oficina-eval", metavar="PREFIX",
-                   help="write PREFIX.json and PREFIX.png (default oficina-eval)")
-    s.add_argument("--no-chart", action="store_true", help="do not draw the PNG")
+    s.add_argument("--out", metavar="PREFIX",
+                   help="write PREFIX.json and PREFIX.png (nothing is written without it)")
+    s.add_argument("--no-chart", action="store_true", help="with --out: do not draw the PNG")
+    s.add_argument("--json", action="store_true",
+                   help="print the whole report as JSON (what --out writes to PREFIX.json) instead of the table")
     s.add_argument("--all", action="store_true", help="every metric, not just the headline ones")
     s.add_argument("--save", action="store_true",
                    help="attach the headline metrics to each registry version (oficina history)")

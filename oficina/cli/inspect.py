@@ -69,7 +69,8 @@ def predict(args) -> None:
     from ..inspect.predict import SAMPLING_PARAMS
     from ..options import Options
 
-    p = do(_load(args), _text(args), top=args.top, **options_from(args))
+    opts = options_from(args)  # checked before the model loads
+    p = do(_load(args), _text(args), top=args.top, **opts)
     if args.json:
         return _json(p.to_dict())
     c = console()

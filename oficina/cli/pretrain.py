@@ -8,7 +8,7 @@ import dataclasses
 import typing
 
 from ..errors import OficinaError
-from .common import console, count, human, registry, short
+from .common import console, count, human, literal, registry, short
 
 # the shared loop's settings, as flags (TuneConfig's names and help; one home for both)
 LOOP_FLAGS = ("learning_rate", "schedule", "warmup_steps", "epochs", "max_steps", "batch_size", "grad_accum",
@@ -24,7 +24,7 @@ def loop_flags(p: argparse.ArgumentParser, names: tuple[str, ...] = LOOP_FLAGS, 
     help_of = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TuneConfig)}
     g = p.add_argument_group(f"{title} (the names of `oficina tune`'s recipe)")
     for name in names:
-        helptext = help_of[name]
+        helptext = literal(help_of[name])
         names_ = ["--" + name.replace("_", "-")] + _ALIASES.get(name, [])
         if hints[name] is bool:
             g.add_argument(*names_, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
@@ -103,7 +103,7 @@ def _print_plan(plan) -> None:
                                    f"(batch {t.batch_size} x {t.max_length} tokens, {t.precision})")
     tbl.add_row("tokenizer", f"{len(plan.tokenizer):,} tokens, {plan.tokenizer_source}")
     tbl.add_row("corpus", f"{plan.corpus.path} ({human(plan.corpus.size)})")
-    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epoch(s)"
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs or 1} epoch(s)"
     tbl.add_row("training", f"{steps}, lr {t.lr:g} ({t.schedule}, {t.warmup_steps} warmup), batch "
                             f"{t.batch_size} x {t.grad_accum}, run folder {plan.run_dir}")
     console().print(tbl)

@@ -66,15 +66,21 @@ def export(args) -> None:
 
     if args.format != "gguf":
         raise InvalidOptions(f"unknown export format {args.format!r} (supported: gguf)")
+    from ..quant.mixes import get
+
+    try:
+        get(args.type)  # before the model is pulled or loaded
+    except KeyError as e:
+        raise InvalidOptions(e.args[0]) from None
     out = Path(args.output or f"{short(args.name).replace(':', '-').replace('/', '-')}-{args.type.lower()}.gguf")
     path = export_entry(registry(), args.name, args.type, out)
     print(f"wrote {path} ({human(path.stat().st_size)})")
 
 
 def register(sub) -> None:
-    from ..quant.mixes import ALIASES, FILE_TYPES
-
-    types = ", ".join([*FILE_TYPES, *ALIASES])
+    # not the whole table (quant/mixes.py): reading it imports gguf and numpy, and `oficina
+    # --help` must stay fast; a wrong name gets the full list
+    types = "e.g. F16, BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K"
     s = sub.add_parser("quantize", help="quantize a model's weights in PyTorch (int8/int4/fp16/bf16), "
                                         "or measure every type with --report")
     s.add_argument("name")
@@ -85,7 +91,7 @@ def register(sub) -> None:
     s.add_argument("--report", action="store_true",
                    help="measure size, perplexity, KL divergence, top-1 agreement and speed for each type")
     s.add_argument("--types", help="with --report: GGUF types, comma-separated (default every file type "
-                                   f"but F32, the reference; choose from {types}; '' for none)")
+                                   f"but F32, the reference; {types}; '' for none)")
     s.add_argument("--torch", help="with --report: PyTorch targets, comma-separated (default fp16,bf16,int8,int4; "
                                    "'' for none)")
     s.add_argument("--text", help="with --report: held-out text (default the shipped heldout.txt)")

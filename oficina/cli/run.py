@@ -9,9 +9,10 @@ from .common import option_flags, options_from
 
 
 def run(args) -> int | None:
+    opts = options_from(args)  # checked before torch is even imported
+
     from ..api import load
 
-    opts = options_from(args)
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()

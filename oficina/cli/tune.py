@@ -7,7 +7,7 @@ import dataclasses
 import typing
 
 from ..errors import OficinaError
-from .common import console, count, human, registry, short
+from .common import console, count, human, literal, registry, short
 
 # recipe fields that are positional, have their own flag below, or are not flags at all
 _NOT_FLAGS = {"base", "options"}
@@ -80,8 +80,9 @@ def _print_result(r) -> None:
     if "val_accuracy" in m:
         t.add_row("validation accuracy", f"{m['val_accuracy']:.1%}")
     if r.perplexity_before is not None:
+        change = 100 * (r.perplexity_after / r.perplexity_before - 1)
         t.add_row("forgetting check", f"perplexity on general text {r.perplexity_before:.2f} → "
-                                      f"{r.perplexity_after:.2f}")
+                                      f"{r.perplexity_after:.2f} ({change:+.0f}%; lower is better)")
     t.add_row("speed", f"{m['tokens_per_s']:,.0f} tokens/s, {m['wall_seconds']:.1f}s wall")
     t.add_row("peak memory", human(m["peak_memory"]))
     t.add_row("saved", f"{human(r.artifact_bytes)} in {r.artifact}")
@@ -99,8 +100,9 @@ def _num(x) -> str:
 def _print_compare(rows, cfg) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{cfg.base}: same data, {cfg.epochs if not cfg.max_steps else cfg.max_steps} "
-                    f"{'epochs' if not cfg.max_steps else 'steps'}, max_length {cfg.max_length}, {cfg.precision}")
+    length = (f"{cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs" if cfg.epochs
+              else "epochs for at least 30 steps")
+    t = Table(title=f"{cfg.base}: same data, {length}, max_length {cfg.max_length}, {cfg.precision}")
     cols = ["method", "trainable", "peak mem", "tokens/s", "wall", "train loss", "val loss"]
     if any(r.val_accuracy is not None for r in rows):
         cols.append("val acc")
@@ -134,8 +136,12 @@ def _print_methods(methods) -> None:
     for c in ("method", "what changes", "settings (--opt KEY=VALUE)", "default lr", "merge"):
         t.add_column(c)
     for name, m in methods.items():
-        settings = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.config))
-        t.add_row(name, m.summary, settings, f"{m.learning_rate:g}", "yes" if m.merge else "-")
+        defaults = m.config()  # default_factory fields too (LoRA's target_modules)
+        settings = ", ".join(f"{f.name}={getattr(defaults, f.name)!r}" for f in dataclasses.fields(m.config))
+        lr = f"{m.learning_rate:g}"
+        if m.small_model_learning_rate is not None:
+            lr += f" ({m.small_model_learning_rate:g} under 1B parameters)"
+        t.add_row(name, m.summary, settings, lr, "yes" if m.merge else "-")
     console().print(t)
 
 
@@ -158,7 +164,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + _ALIASES.get(f.name, [])
-        helptext = f.metadata.get("help", "")
+        helptext = literal(f.metadata.get("help", ""))
         if hints[f.name] is bool:
             g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{helptext} (default {'on' if f.default else 'off'})")

@@ -60,10 +60,22 @@ def draw(report: Report, path: Path, every: bool = False) -> Path:
         ax.set_xlabel("model", fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.suptitle(f"oficina eval: {', '.join(labels)}  (error bars: 95% interval)", fontsize=11)
+    fig.suptitle(f"oficina eval: {', '.join(labels)}{_bars_note(report, cols)}", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _bars_note(report: Report, cols) -> str:
+    """Say which panels have error bars: perplexity and other corpus totals carry no interval."""
+    def interval(task, name):
+        return any((m := report.metric(x.label, task, name)) is not None and m.ci95 is not None
+                   for x in report.models)
+
+    bare = sorted({name for task, name in cols if not interval(task, name)})
+    if len(bare) == len({name for _, name in cols}):
+        return ""
+    return "  (error bars: 95% interval" + (f"; none for {', '.join(bare)})" if bare else ")")

@@ -33,6 +33,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from ..models.compat import cache_arg, cache_of
 from ..report import reporter
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ class Scorer:
         self._keep = "logits_to_keep" in params
         self._positions = "position_ids" in params
         # sharing a context's KV cache among its choices needs both, and a Cache object
-        self._cache = self._keep and self._positions and "past_key_values" in params
+        self._cache_arg = cache_arg(self.lm)
+        self._cache = self._keep and self._positions and self._cache_arg is not None
 
     # -- strings -> requests ----------------------------------------------------------------------
     def encode(self, text: str, special: bool = True) -> list[int]:
@@ -195,14 +197,14 @@ class Scorer:
         start = p_mask.sum(-1)[which][:, None]  # each choice's first position: its prefix length
         dev = self.device
         with torch.inference_mode():
-            past = self.lm(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev),
-                           position_ids=((p_mask.cumsum(-1) - 1).clamp(min=0)).to(dev),
-                           use_cache=True, logits_to_keep=1).past_key_values
+            past = cache_of(self.lm(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev),
+                                    position_ids=((p_mask.cumsum(-1) - 1).clamp(min=0)).to(dev),
+                                    use_cache=True, logits_to_keep=1))
             past.batch_select_indices(which.to(dev))  # [G, ...] -> [R, ...], a group per choice
             logits = self.lm(input_ids=c_ids.to(dev),
                              attention_mask=torch.cat([p_mask[which], c_mask], -1).to(dev),
                              position_ids=(start + torch.arange(width)).to(dev),
-                             past_key_values=past, use_cache=True).logits  # [R, L, V]
+                             use_cache=True, **{self._cache_arg: past}).logits  # [R, L, V]
             return [_score(logits[r, :len(c)], c) for r, c in enumerate(conts)]
 
 

@@ -21,7 +21,9 @@ from ..options import Options
 from ..registry.registry import Entry, Registry
 from ..registry.sources import catalog, pull
 from ..registry.names import parse_ref
-from ..report import reporter
+from ..report import quiet_libraries, reporter
+
+quiet_libraries()
 
 # Tokens that end an assistant turn in common chat formats (ChatML, Gemma, Llama 3, Phi).
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<eos>")
@@ -43,6 +45,7 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
     ``.gguf`` file / Hugging Face folder directly. The transformers model itself is loaded only
     when something needs it (the fast runner reads the weights on its own)."""
     t0 = time.perf_counter()
+    Options.from_mapping(options)  # a wrong option is refused before the model loads
     path = Path(name).expanduser()
     if isinstance(name, Path) or path.exists():
         if not path.exists():

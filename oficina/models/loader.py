@@ -147,20 +147,20 @@ def _load_gguf_cached(gguf: Path, info: ModelInfo, dtype, cache: Path, label: st
     if (target / "config.json").is_file():
         model, tokenizer = _from_pretrained(target, hf_info, dtype, label)
         return Loaded(model, tokenizer, info, target)
-    with reporter().progress(f"converting {info.architecture} GGUF to torch (once)", None):
+    with gguf_progress(f"converting {info.architecture} GGUF to torch (once)", gguf.stat().st_size):
         model, tokenizer = _from_pretrained(gguf.parent, info, torch.float32, label, gguf_file=gguf.name)
-        model.config.quantization_config = None
-        if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        try:
-            with no_tqdm():
-                model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        with no_tqdm(), reporter().progress("saving the converted weights", None):
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
     if dtype not in (None, torch.float32):
         model = model.to(dtype)
     return Loaded(model, tokenizer, info, target)
@@ -178,7 +178,8 @@ def no_tqdm():
     # tqdm reads TQDM_DISABLE only at import, so the module's own name is swapped for the call;
     # the shard writer uses transformers' switchable tqdm
     original = gguf_utils.tqdm
-    gguf_utils.tqdm = functools.partial(original, disable=True)
+    if not getattr(original, "ours", False):  # gguf_progress's bar stays
+        gguf_utils.tqdm = functools.partial(original, disable=True)
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -187,6 +188,27 @@ def no_tqdm():
         gguf_utils.tqdm = original
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def gguf_progress(description: str, total_bytes: int):
+    """Our bar (bytes, speed, ETA) over transformers' GGUF dequantization, fed by the loop
+    transformers wraps in tqdm (``modeling_gguf_pytorch_utils``: one step per gguf-py
+    ``ReaderTensor``, whose ``n_bytes`` is its size in the file)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    with reporter().progress(description, total_bytes, unit="bytes") as bar:
+        def counted(tensors, *args, **kwargs):
+            for t in tensors:
+                yield t
+                bar.advance(int(getattr(t, "n_bytes", 0)))
+
+        counted.ours = True
+        original, gguf_utils.tqdm = gguf_utils.tqdm, counted
+        try:
+            yield
+        finally:
+            gguf_utils.tqdm = original
 
 
 def _quiet_transformers() -> None:

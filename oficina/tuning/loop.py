@@ -112,7 +112,7 @@ def train(model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path,
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     accum = cfg.grad_accum
     per_epoch = max(1, -(-len(batches) // accum))
-    total = cfg.max_steps or cfg.epochs * per_epoch
+    total = cfg.max_steps or (cfg.epochs or 1) * per_epoch  # tune resolves epochs=None first
     log_every = cfg.log_every or max(1, total // 10)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import InvalidOptions
+
+if TYPE_CHECKING:  # only for annotations: `oficina --help` must not import torch
+    from torch import nn
 
 # The method modules shipped with oficina; importing one registers it.
 BUILTIN = ("full", "lora", "qlora", "prompt", "prefix", "ia3", "adapter")
@@ -32,6 +33,7 @@ class Method:
     load: Callable[[nn.Module, Path, Any], nn.Module]  # (base, folder, Task) -> model as trained
     merge: Callable[[nn.Module], nn.Module] | None = None  # fold into the base weights
     learning_rate: float = 1e-4                    # default when the recipe gives none
+    small_model_learning_rate: float | None = None  # the same, for models under defaults.SMALL_MODEL
     artifact: str = "adapter"                      # "adapter" (base + small files) | "model"
 
 

@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import InvalidOptions
+from ..models.compat import accept_past_key_values, cache_of
 from . import peft_common
 from .method import Method, register
 
@@ -52,7 +53,7 @@ class PrefixConfig:
 def apply(model, cfg: PrefixConfig, task):
     text = None if cfg.projection or cfg.init_text == "random" else (cfg.init_text or DEFAULT_INIT)
     kv = _text_key_values(model, text, cfg.num_virtual_tokens) if text else None
-    peft_model = peft_common.apply(model, cfg.peft(task))
+    peft_model = _backbone_takes_prefixes(peft_common.apply(model, cfg.peft(task)))
     if kv is not None:
         embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
         with torch.no_grad():
@@ -83,8 +84,7 @@ def _text_key_values(model, text: str, n: int) -> torch.Tensor | None:
     model.eval()
     body = getattr(model, "base_model", model)  # the transformer under any task head
     with torch.no_grad():
-        cache = getattr(body(input_ids=torch.tensor([ids], device=device), use_cache=True),
-                        "past_key_values", None)
+        cache = cache_of(body(input_ids=torch.tensor([ids], device=device), use_cache=True))
     model.train(was)
     if cache is None or not hasattr(cache, "layers"):  # encoders keep no cache: peft's start
         return None
@@ -96,7 +96,17 @@ def _text_key_values(model, text: str, n: int) -> torch.Tensor | None:
 
 
 def load(model, folder, task):
-    return peft_common.load(model, folder)
+    return _backbone_takes_prefixes(peft_common.load(model, folder))
+
+
+def _backbone_takes_prefixes(peft_model):
+    """peft hands the prefixes to the model (or an encoder's backbone) by the old keyword, which
+    warns on every call or, for encoders, makes peft refuse the model (``models.compat``)."""
+    accept_past_key_values(peft_model.base_model)
+    backbone = getattr(peft_model, "transformer_backbone_name", None)
+    if backbone:
+        accept_past_key_values(peft_model.base_model.get_submodule(backbone))
+    return peft_model
 
 
 METHOD = register(Method(

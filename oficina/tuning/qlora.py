@@ -80,5 +80,5 @@ def merge(model):
 METHOD = register(Method(
     name="qlora", summary="LoRA over a base quantized to 4 or 8 bit (oficina.quant)", config=QLoraConfig,
     apply=apply, trainable=peft_common.by_name("lora_", "modules_to_save"),
-    save=save, load=load, merge=merge, learning_rate=2e-4,
+    save=save, load=load, merge=merge, learning_rate=2e-4, small_model_learning_rate=2e-3,
 ))

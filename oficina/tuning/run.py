@@ -123,6 +123,7 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
                       packing=cfg.max_length if cfg.packing and task.packable else None,
                       rank=rank, world=world)
     evaluate = _evaluator(task, Batches(eval_ex, cfg.batch_size, pad, shuffle=False)) if eval_ex else None
+    cfg, chosen = resolve_defaults(cfg, method, method_cfg, len(batches), total)
     run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / slug(
         cfg.out or f"{Path(cfg.base).name}-{cfg.method}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,7 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
     reporter().note(f"{method.name} on {base.ref} ({task.name}): {trainable:,} of {total:,} parameters "
                     f"train ({100 * trainable / total:.3g}%); {len(train_ex)} training and "
                     f"{len(eval_ex)} validation examples; run folder {run_dir}")
+    reporter().note(f"settings: {chosen}")
     result = loop.train(model, batches, cfg, run_dir, task.loss, evaluate, resume=resume,
                         fingerprint=fingerprint)
     if lowered:
@@ -149,6 +151,41 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
         if cfg.out:
             out.entry = register(reg, cfg, base, method, task, artifact, train_ds, eval_ds, out.metrics)
     return out
+
+
+def resolve_defaults(cfg: TuneConfig, method: Method, method_cfg, batches: int,
+                     parameters: int) -> tuple[TuneConfig, str]:
+    """The recipe with what it left open filled in (``defaults.py``), and one line saying what
+    the run uses and which values were chosen for it, for the run's header."""
+    from . import defaults
+
+    steps_per_epoch = max(1, -(-batches // cfg.grad_accum))
+    auto = {}
+    if cfg.epochs is None and cfg.max_steps is None:
+        auto["epochs"] = defaults.epochs(steps_per_epoch)
+    if cfg.learning_rate is None:
+        auto["learning_rate"], why_lr = defaults.learning_rate(method, parameters)
+    cfg = dataclasses.replace(cfg, **auto)
+    steps = cfg.max_steps or (cfg.epochs or 1) * steps_per_epoch
+    mark = lambda key: " (chosen)" if key in auto else ""
+    parts = [f"{steps} optimizer steps" + (f" = {cfg.epochs} epochs{mark('epochs')} of {steps_per_epoch}"
+                                           if not cfg.max_steps else ""),
+             f"batch {cfg.batch_size}" + (f" x {cfg.grad_accum}" if cfg.grad_accum > 1 else ""),
+             f"learning rate {cfg.lr:g}" + (f" ({why_lr})" if "learning_rate" in auto else ""),
+             f"{cfg.schedule} schedule"]
+    own = {k: v for k, v in dataclasses.asdict(method_cfg).items() if v is not None}
+    if own:
+        parts.append(f"{method.name} " + ", ".join(f"{k} {_setting(v)}" for k, v in own.items()))
+    note = "; ".join(parts)
+    if "epochs" in auto:
+        from .defaults import MAX_EPOCHS, MIN_STEPS
+
+        note += f" (epochs chosen for at least {MIN_STEPS} steps, at most {MAX_EPOCHS}; --epochs to set)"
+    return cfg, note
+
+
+def _setting(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _metrics(r: TuneResult) -> dict[str, Any]:
