@@ -47,6 +47,9 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
         return Model(load_folder(path), None, Options.from_mapping(options))
     reg = registry or Registry()
     entry = resolve(str(name), reg)
+    if entry.manifest.format == "rag":
+        raise OficinaError(f"{name} is a document collection, not a model; ask it with "
+                           f"`oficina rag ask`")
     loaded = load_folder(reg.snapshot(entry), entry.manifest.format, cache=reg.home / "cache")
     if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)
         from .tuning.attach import attach_loaded

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import RegistryError
 from .store import check_digest
 
-FORMATS = ("gguf", "hf")
+FORMATS = ("gguf", "hf", "rag")  # rag: a document collection (rag/collection.py)
 SCHEMA = 1
 
 
