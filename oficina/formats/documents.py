@@ -60,7 +60,7 @@ def _whole(path: Path, data: bytes, kind: str) -> list[Document]:
     return [Document(str(path), kind, text, [Section(0, len(text))])]
 
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
 def read_markdown(path: Path, data: bytes) -> list[Document]:
@@ -147,8 +147,9 @@ def read_pdf(path: Path, data: bytes) -> list[Document]:
                     raise DocumentError("encrypted PDF (needs a password)")
             except DocumentError:
                 raise
-            except Exception:
-                raise DocumentError("encrypted PDF (cannot decrypt)") from None
+            except (PdfReadError, NotImplementedError, ValueError, ImportError) as e:
+                # pypdf raises DependencyError (an ImportError) for AES without `cryptography`
+                raise DocumentError(f"encrypted PDF (cannot decrypt: {type(e).__name__})") from None
         pages = [p.extract_text() or "" for p in reader.pages]
     except DocumentError:
         raise

@@ -69,7 +69,7 @@ def registry_name(name: str) -> str:
 
 def display(reg_name: str) -> str:
     n = reg_name[len(PREFIX):]
-    return n[:-7] if n.endswith(":latest") else n
+    return n.removesuffix(":latest")
 
 
 def find(name: str, registry: Registry, version: int | None = None) -> Entry:

@@ -16,14 +16,14 @@ import secrets
 PATTERNS: dict[str, re.Pattern] = {
     "override": re.compile(
         r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(previous|prior|above|earlier|all|any|your)\b"
-        r"[^.\n]{0,30}\b(instructions?|prompts?|rules|directions|context)\b", re.I),
-    "new instructions": re.compile(r"\b(new|updated|real)\s+(system\s+)?instructions?\s*:", re.I),
+        r"[^.\n]{0,30}\b(instructions?|prompts?|rules|directions|context)\b", re.IGNORECASE),
+    "new instructions": re.compile(r"\b(new|updated|real)\s+(system\s+)?instructions?\s*:", re.IGNORECASE),
     "role tag": re.compile(
         r"<\|?\s*/?\s*(im_start|im_end|system|assistant|user|start_header_id|end_header_id|eot_id)"
         r"\s*\|?>|<start_of_turn>|<end_of_turn>|\[/?INST\]|<</?SYS>>|^\s*(system|assistant)\s*:",
-        re.I | re.M),
-    "tool syntax": re.compile(r"<\s*/?\s*(tool_call|function_call|tool)\b[^>]*>|\"tool_calls\"\s*:", re.I),
-    "persona": re.compile(r"\byou are now\b|\bact as (an?|the)\b|\bpretend (to be|you are)\b", re.I),
+        re.IGNORECASE | re.MULTILINE),
+    "tool syntax": re.compile(r"<\s*/?\s*(tool_call|function_call|tool)\b[^>]*>|\"tool_calls\"\s*:", re.IGNORECASE),
+    "persona": re.compile(r"\byou are now\b|\bact as (an?|the)\b|\bpretend (to be|you are)\b", re.IGNORECASE),
 }
 MARKER = "[instruction-like text removed]"
 

@@ -68,16 +68,16 @@ def body(f: dict) -> list[tuple[str, list[str]]]:
     n = f["name"]
     return [
         (f"The {n} workshop", [
-            f"The {n} workshop was founded in {f['year']} by {f['founder']} in {f['town']}, on "
-            f"the banks of the river Kess.",
-            f"The {n} workshop is best known for its {f['colour']} lantern glass, which it has "
-            f"made since its first winter.",
+            (f"The {n} workshop was founded in {f['year']} by {f['founder']} in {f['town']}, on "
+            f"the banks of the river Kess."),
+            (f"The {n} workshop is best known for its {f['colour']} lantern glass, which it has "
+            f"made since its first winter."),
         ]),
         ("Workshop and kiln", [
-            f"Today the {n} workshop employs {f['workers']} glassworkers under master "
-            f"{f['master']}. Its glass is melted in a {f['kiln']}.",
-            f"Every piece from the {n} workshop carries its guild mark, {f['mark']}, pressed "
-            f"into the base while the glass is soft.",
+            (f"Today the {n} workshop employs {f['workers']} glassworkers under master "
+            f"{f['master']}. Its glass is melted in a {f['kiln']}."),
+            (f"Every piece from the {n} workshop carries its guild mark, {f['mark']}, pressed "
+            f"into the base while the glass is soft."),
             f"In a normal year the {n} workshop makes about {f['output']} pieces.",
         ]),
     ]
@@ -211,8 +211,7 @@ def main() -> None:
         qs += questions(rng, f, file)
     qs += [{"question": q, "answer": None, "sources": []} for q in UNANSWERABLE]
     with open(HERE / "questions.jsonl", "w") as out:
-        for q in qs:
-            out.write(json.dumps(q) + "\n")
+        out.writelines(json.dumps(q) + "\n" for q in qs)
 
 
 if __name__ == "__main__":
