@@ -276,7 +276,7 @@ def embed_files(args) -> None:
                       f"(`oficina rag` chunks long files)", file=sys.stderr)
             names.append(name)
             texts.append(text)
-    vecs = enc.encode(texts)
+    vecs = enc.encode(texts, unit=False)  # the model's own vectors
     lines = "".join(json.dumps({"source": n, "embedding": [round(float(x), 7) for x in v]}) + "\n"
                     for n, v in zip(names, vecs))
     if args.output:

@@ -4,7 +4,8 @@ section and character span in the document's extracted text.
 Windows are counted in the embedder's own tokens (MiniLM: word pieces) through the fast
 tokenizer's offsets, so ``chunk_tokens`` is exact, not a words-times-1.3 guess. A window ends at
 the last sentence or line break in its second half when there is one (a chunk that stops
-mid-sentence embeds worse), and the next starts ``overlap`` tokens earlier.
+mid-sentence embeds worse), else at a word end, and the next starts about ``overlap`` tokens
+earlier, on a whole word.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def _breaks_after(text: str, end: int) -> bool:
         or after == "\n"
 
 
+def _word_end(text: str, spans: list[tuple[int, int]], cut: int) -> bool:
+    """Whether cutting before token ``cut`` falls between words (not inside one)."""
+    return cut >= len(spans) or spans[cut][0] > spans[cut - 1][1] or \
+        not text[spans[cut][0]:spans[cut][0] + 1].isalnum() or \
+        not text[spans[cut - 1][1] - 1:spans[cut - 1][1]].isalnum()
+
+
 def chunk_document(doc: Document, tokenizer, chunk_tokens: int, overlap: int) -> list[Chunk]:
     if chunk_tokens < 8 or not 0 <= overlap < chunk_tokens // 2 + 1:
         raise OficinaError(f"chunk of {chunk_tokens} tokens with overlap {overlap}: need "
@@ -45,16 +53,18 @@ def chunk_document(doc: Document, tokenizer, chunk_tokens: int, overlap: int) ->
         i = 0
         while i < len(spans):
             j = min(i + chunk_tokens, len(spans))
-            if j < len(spans):  # prefer a sentence end in the second half of the window
-                for cut in range(j, i + chunk_tokens // 2, -1):
-                    if _breaks_after(body, spans[cut - 1][1]):
-                        j = cut
-                        break
+            if j < len(spans):  # prefer a sentence end in the second half, else a word end
+                j = next((c for c in range(j, i + chunk_tokens // 2, -1)
+                          if _breaks_after(body, spans[c - 1][1])), None) or \
+                    next((c for c in range(j, i, -1) if _word_end(body, spans, c)), j)
             s, e = spans[i][0], spans[j - 1][1]
             text = body[s:e]
             if text.strip():
                 chunks.append(Chunk(text, sec.start + s, sec.start + e, sec.page, sec.title, j - i))
             if j >= len(spans):
                 break
-            i = max(j - overlap, i + 1)
+            nxt = max(j - overlap, i + 1)
+            while nxt < j and not _word_end(body, spans, nxt):  # start on a whole word
+                nxt += 1
+            i = nxt
     return chunks

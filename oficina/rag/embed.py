@@ -56,8 +56,10 @@ class Encoder:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """[len(texts), dim] float32, L2-normalised when the model says so (MiniLM does)."""
+    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None,
+               unit: bool = True) -> np.ndarray:
+        """[len(texts), dim] float32. L2-normalised when the model says so (MiniLM does) or
+        ``unit`` (the index compares by inner product, which is cosine only on unit vectors)."""
         out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
         if not len(texts):
             return out
@@ -74,7 +76,8 @@ class Encoder:
                 hidden = tm(**enc).last_hidden_state
             else:
                 hidden = tm(**enc, output_hidden_states=True, use_cache=False).hidden_states[-1]
-            vec = pool(self.info.spec.pooling, hidden, enc["attention_mask"], self.info.spec.normalize)
+            vec = pool(self.info.spec.pooling, hidden, enc["attention_mask"],
+                       self.info.spec.normalize or unit)
             out[idx] = vec.float().cpu().numpy()
             if progress:
                 progress(len(idx))

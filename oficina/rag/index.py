@@ -45,6 +45,7 @@ def _ivf(dim: int, vectors: np.ndarray):
     faiss = _faiss()
     nlist = max(1, min(int(4 * math.sqrt(len(vectors))), len(vectors) // 39 or 1))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1  # small collections: no "please provide more points" on stderr
     if len(vectors):
         index.train(vectors)
     index.nprobe = max(1, nlist // 8)
