@@ -5,6 +5,7 @@ it does (matching sentence-transformers)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny
+
 from oficina.errors import OficinaError
-from oficina.formats.documents import DocumentError, read_document
+from oficina.formats.documents import read_document
 from oficina.rag import collection as C
 from oficina.rag import evaluate as E
 from oficina.rag import guard
@@ -127,7 +128,7 @@ def test_chunks_keep_exact_spans_fit_the_window_and_overlap():
             assert c.tokens <= 30 and len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) <= 30
             sec = next(s for s in d.sections if s.start <= c.start and c.end <= s.end)
             assert c.section == sec.title  # never crosses a section
-        for a, b in zip(chunks, chunks[1:]):  # neighbours in a section overlap (MiniLM: a word
+        for a, b in itertools.pairwise(chunks):  # neighbours in a section overlap (MiniLM: a word
             if a.section == b.section:          # is 1-2 pieces; the tiny BPE's are ~6, so 6 may not)
                 assert b.start < a.end if tokenizer is not tok else b.start <= a.end
         covered = "".join(d.text[s.start:s.end] for s in d.sections)
@@ -196,7 +197,7 @@ def test_index_reloads_without_re_embedding_and_filters(encoder_home, tmp_path):
         col2 = Collection("c", reg, encoder=NoEncoder())
         assert len(col2) == len(col) and C.index.kind_of(col2.index) == kind
         np.testing.assert_array_equal(col2.vectors([h.id for h in r.hits]), vecs)
-        scores, ids = C.index.search(col2.index, vecs[:1], 1)
+        _scores, ids = C.index.search(col2.index, vecs[:1], 1)
         assert ids[0, 0] == r.hits[0].id  # a stored vector finds itself
     only = Filters(tag="cats")
     got = retrieve(col, "cat", 20, filters=only).hits
