@@ -250,8 +250,8 @@ def test_embed_uses_the_sentence_transformers_pooling(tmp_path):
         {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
     m = oficina.load(tmp_path)
     assert inspect.embed(m, "The cat").pooling == "cls"
-    with pytest.raises(OficinaError, match="valid: mean, cls, last"):
-        inspect.embed(m, "The cat", pooling="max")
+    with pytest.raises(OficinaError, match="valid: mean, cls, last, max"):
+        inspect.embed(m, "The cat", pooling="median")
 
 
 # -- weights --------------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ def predict(args) -> None:
 
 
 def attention(args) -> None:
-    from ..inspect import attention as do, find_token, plots
+    from ..inspect import attention as do
+    from ..inspect import find_token, plots
 
     a = do(_load(args), _text(args), layer=args.layer)
     head = None if args.head in ("mean", "all") else _int(args.head, "--head")
@@ -130,6 +131,10 @@ def _vec(v, edge: int = 4) -> str:
 
 
 def embed(args) -> None:
+    if args.file:  # vectors for files, batched (the retrieval encoder): cli/rag.py
+        from .rag import embed_files
+
+        return embed_files(args)
     from ..inspect import embed as do
 
     e = do(_load(args), _text(args), pooling=args.pooling)
@@ -154,7 +159,8 @@ def similarity(args) -> None:
 
 
 def weights(args) -> None:
-    from ..inspect import plots, weights as do
+    from ..inspect import plots
+    from ..inspect import weights as do
 
     w = do(_load(args), layer=args.layer, tensor=args.tensor, bins=args.bins)
     if args.output:
@@ -219,6 +225,11 @@ def register(sub) -> None:
     s.add_argument("--pooling", choices=("mean", "cls", "last"),
                    help="how hidden states become one vector (default: the model's, else mean)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("-f", "--file", action="append", metavar="PATH",
+                   help="embed files instead (.txt .md .html .pdf .jsonl; repeat), JSONL out")
+    s.add_argument("--lines", action="store_true", help="with --file: one vector per line")
+    s.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="with --file")
+    s.add_argument("-o", "--output", metavar="JSONL", help="with --file: write here")
     s.set_defaults(func=embed)
 
     s = sub.add_parser("similarity", help="cosine similarity of two texts' sentence vectors")

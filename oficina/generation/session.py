@@ -54,6 +54,9 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
     else:
         reg = registry or Registry()
         entry = resolve(str(name), reg)
+        if entry.manifest.format == "rag":
+            raise OficinaError(f"{name} is a document collection, not a model; ask it with "
+                               f"`oficina rag ask`")
         snap = reg.snapshot(entry)
         cache = reg.home / "cache"
         if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)

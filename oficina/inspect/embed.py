@@ -1,32 +1,20 @@
 """Embeddings: every token becomes a vector of ``embedding_length`` numbers (a row of the
 embedding table), and a whole text one vector, pooled from the last layer's hidden states.
 
-Pooling follows sentence-transformers' ``Pooling`` module (mean over tokens, the first [CLS]
-token, or the last token) and, for models that ship a ``1_Pooling/config.json``, uses the mode
-written there, so a sentence-transformers model gives the vectors it was trained to give.
+Pooling (mean over tokens, the first [CLS] token, the last token, max) has one home,
+``models/pooling.py``, shared with the batched encoder of ``rag.embed``; for models that ship a
+``1_Pooling/config.json`` the mode written there is the default.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..errors import OficinaError
+from ..models.pooling import POOLINGS, pool, spec_for
 from .tokens import Token, encode
-
-# pooling name -> [n, d] hidden states -> [d]
-POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "mean": lambda h: h.mean(0),
-    "cls": lambda h: h[0],
-    "last": lambda h: h[-1],
-}
-# sentence-transformers 1_Pooling/config.json keys -> our names
-_ST_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
-             "pooling_mode_lasttoken": "last"}
 
 
 @dataclass
@@ -71,7 +59,8 @@ def embed(model, text: str, pooling: str | None = None) -> Embedding:
         raise OficinaError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     t = encode(model, text)
     vectors, hidden = _vectors(model, t.ids)
-    return Embedding(text, t.tokens, pooling, vectors, POOLINGS[pooling](hidden))
+    ones = torch.ones(1, hidden.shape[0], dtype=torch.long)
+    return Embedding(text, t.tokens, pooling, vectors, pool(pooling, hidden[None], ones)[0])
 
 
 def similarity(model, text_a: str, text_b: str, pooling: str | None = None) -> Similarity:
@@ -82,17 +71,7 @@ def similarity(model, text_a: str, text_b: str, pooling: str | None = None) -> S
 
 
 def default_pooling(model) -> str:
-    folder = getattr(getattr(model, "loaded", None), "folder", None)
-    cfg = Path(folder) / "1_Pooling" / "config.json" if folder else None
-    if cfg is not None and cfg.is_file():
-        try:
-            modes = json.loads(cfg.read_text())
-        except (OSError, ValueError):
-            modes = {}
-        for key, name in _ST_MODES.items():
-            if isinstance(modes, dict) and modes.get(key):
-                return name
-    return "mean"
+    return spec_for(getattr(getattr(model, "loaded", None), "folder", None)).pooling
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import RegistryError
 from .store import check_digest
 
-FORMATS = ("gguf", "hf", "remote")  # remote: no files, an upstream in details (serve/remote.py)
+FORMATS = ("gguf", "hf", "remote", "rag")  # remote: an upstream in details (serve/remote.py); rag: a document collection (rag/collection.py)
 SCHEMA = 1
 
 
