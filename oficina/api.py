@@ -142,6 +142,8 @@ class Model:
         """Generate for one prompt, yielding text as it is decided. The chat template is applied
         unless ``raw`` (as in Ollama's /api/generate)."""
         opts = self.options.merged(options)
+        if opts.guard:
+            return self._guarded(prompt, opts, lambda p: self._prompt_ids(p, raw, system))
         ids = self._prompt_ids(prompt, raw, system)
         return self._run(ids, opts)
 
@@ -151,14 +153,32 @@ class Model:
 
     def chat_stream(self, messages: Sequence[Message], **options: Any) -> Iterator[str]:
         opts = self.options.merged(options)
-        return self._run(self.encode_chat(_check_messages(messages)), opts)
+        msgs = _check_messages(messages)
+        if opts.guard and msgs and msgs[-1]["role"] == "user":
+            return self._guarded(msgs[-1]["content"], opts, lambda p: self.encode_chat(
+                msgs[:-1] + [{"role": "user", "content": p}]))
+        return self._run(self.encode_chat(msgs), opts)
 
     def chat(self, messages: Sequence[Message], **options: Any) -> str:
         return "".join(self.chat_stream(messages, **options))
 
-    def _run(self, ids: list[int], opts: Options) -> Iterator[str]:
+    def _guarded(self, text: str, opts: Options, to_ids) -> Iterator[str]:
+        """Guards (``options.guard``, oficina/safety) on the user's text, then on the answer as it
+        streams: a blocked prompt generates nothing, a blocked answer stops; ``last_stats``'
+        ``done_reason`` says which guard and why."""
+        from .safety.stream import GuardedStream, check_input, done_reason
+
+        text, verdict = check_input(text, opts.guard)
+        if verdict.blocked:
+            self.last_stats = Stats(done_reason=done_reason(verdict))
+            return iter(())
+        ids = to_ids(text)
+        return self._run(ids, opts, lambda items: GuardedStream(items, opts.guard))
+
+    def _run(self, ids: list[int], opts: Options, wrap=None) -> Iterator[str]:
         engine = self.engine
-        for item in engine.stream(ids, opts, keep=self._keep(ids)):
+        items = engine.stream(ids, opts, keep=self._keep(ids))
+        for item in wrap(items) if wrap else items:
             if isinstance(item, Stats):
                 self.last_stats = item
                 if item.truncated:

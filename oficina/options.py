@@ -64,6 +64,11 @@ PARAMS: tuple[Param, ...] = (
           "random seed; the same seed, options and prompt give the same text (-1 = random)"),
     Param("stop", list, (), None, "text",
           "stop when this text appears (repeatable)"),
+    # Not an Ollama parameter: oficina's filters (oficina/safety), here so that a flag, a
+    # Modelfile line, an API option and a server request name them the same way.
+    Param("guard", list, (), None, "text",
+          "check the prompt and the answer with this guard (repeatable): pii, content, "
+          "rules=FILE, classifier=MODEL, grounding"),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
@@ -120,6 +125,7 @@ class Options:
     num_ctx: int = 4096
     seed: int = -1
     stop: tuple[str, ...] = field(default_factory=tuple)
+    guard: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         for p in PARAMS:
@@ -142,7 +148,8 @@ class Options:
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], base: "Options | None" = None) -> "Options":
         """Options from ``(name, value)`` pairs such as Modelfile PARAMETER lines; repeated
-        ``stop`` lines accumulate, any other repeat keeps the last value (as Ollama does)."""
+        ``stop`` (and ``guard``) lines accumulate, any other repeat keeps the last value (as Ollama
+        does)."""
         return cls.from_mapping(pairs_to_mapping(pairs), base)
 
     def merged(self, overrides: Mapping[str, Any] | None) -> "Options":
@@ -176,8 +183,8 @@ class Options:
 def pairs_to_mapping(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
-        if key == "stop":
-            out.setdefault("stop", []).append(value)
+        if key in BY_NAME and BY_NAME[key].type is list:
+            out.setdefault(key, []).append(value)
         else:
             out[key] = value
     return out
@@ -187,7 +194,7 @@ def validate_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
     """Check a partial set of parameters (as stored with a model) and return it normalised,
     keeping only the keys given."""
     full = Options.from_mapping(values)
-    return {k: (list(getattr(full, k)) if k == "stop" else getattr(full, k)) for k in values}
+    return {k: (list(getattr(full, k)) if BY_NAME[k].type is list else getattr(full, k)) for k in values}
 
 
 def _fmt(value: Any) -> str:
