@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Options", "Registry", "__version__"]
+__all__ = ["load", "Options", "Registry", "check", "get_guard", "redteam", "PromptStore", "__version__"]
 
 
 def __getattr__(name):
@@ -16,6 +16,10 @@ def __getattr__(name):
         from .api import load
 
         return load
+    if name in ("check", "get_guard", "redteam", "PromptStore"):  # guards, red team, prompt library
+        from . import api
+
+        return getattr(api, name)
     if name == "Options":
         from .options import Options
 

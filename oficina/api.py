@@ -4,6 +4,9 @@
     m = oficina.load("smollm2")
     m.generate("Why is the sky blue?", temperature=0)
     m.chat([{"role": "user", "content": "Hi"}])
+    oficina.check("call +351 912 345 678", "pii").redacted       # guards (oficina.safety)
+    oficina.load("smollm2", guard=["pii", "content"])           # guards on a model's stream
+    oficina.PromptStore().get("translate:production").render({"text": "Hi"})
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from .registry.registry import Entry, Registry
 from .registry.sources import catalog, pull
 from .registry.names import parse_ref
 from .report import reporter
+from .prompts import PromptStore  # noqa: F401  (re-exported: the prompt library)
+from .safety import check, get_guard  # noqa: F401  (re-exported: guards)
+from .safety.redteam import redteam  # noqa: F401  (re-exported: the red-team suite)
 
 # Tokens that end an assistant turn in common chat formats (ChatML, Gemma, Llama 3, Phi).
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<eos>")

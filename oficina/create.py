@@ -75,6 +75,11 @@ def create(reg: Registry, name: str, modelfile: Path, quantize: str | None = Non
         new = Options.from_pairs(mf.parameters).to_dict()
         given = {k for k, _ in mf.parameters}
         manifest.params = validate_mapping({**manifest.params, **{k: new[k] for k in given}})
+        if manifest.params.get("guard"):  # an unknown guard fails now, not at the first request
+            from .safety.guard import parse_spec
+
+            for spec in manifest.params["guard"]:
+                parse_spec(spec)
     if mf.template is not None:
         if is_go_template(mf.template):
             go_to_jinja(mf.template)  # refuse untranslatable templates now, not at run time

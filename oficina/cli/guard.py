@@ -109,8 +109,8 @@ def _eval(args) -> int:
     t = Table()
     for col in ("category", "precision", "recall", "F1", "FPR", "TP", "FP", "FN"):
         t.add_column(col, justify="left" if col == "category" else "right")
-    for c, s in m.categories.items():
-        t.add_row(c, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}", f"{s.fpr:.3f}",
+    for cat, s in m.categories.items():
+        t.add_row(cat, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}", f"{s.fpr:.3f}",
                   str(s.tp), str(s.fp), str(s.fn))
     c.print(t)
     lo, hi = m.macro_f1_ci

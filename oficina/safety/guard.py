@@ -104,14 +104,15 @@ class GuardKind:
     make: Callable[[str | None], Guard]  # the spec's ARG (or None) -> a guard
     help: str
     arg: str | None = None  # what ARG means, when the guard takes one
+    cache: bool = True  # False: built on every lookup (a rule file is re-read when it changes)
 
 
 GUARDS: dict[str, GuardKind] = {}
 
 
-def register(name: str, help: str, arg: str | None = None):
+def register(name: str, help: str, arg: str | None = None, cache: bool = True):
     def deco(make: Callable[[str | None], Guard]):
-        GUARDS[name] = GuardKind(name, make, help, arg)
+        GUARDS[name] = GuardKind(name, make, help, arg, cache)
         return make
     return deco
 
@@ -138,16 +139,19 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def get_guard(spec: str | Guard) -> Guard:
-    """The guard a spec names (built once per process and shared: guards keep no per-call state)."""
+    """The guard a spec names. Models are loaded once per process and shared (guards keep no
+    per-call state); a rule file is read again on each lookup, so edits apply to the next request."""
     if isinstance(spec, Guard):
         return spec
     name, arg = parse_spec(spec)
     key = f"{name}={arg}" if arg is not None else name
-    if key not in _cache:
-        g = GUARDS[name].make(arg)
-        g.name = key
+    if key in _cache:
+        return _cache[key]
+    g = GUARDS[name].make(arg)
+    g.name = key
+    if GUARDS[name].cache:
         _cache[key] = g
-    return _cache[key]
+    return g
 
 
 def check(text: str, guards: str | Guard | Sequence[str | Guard],

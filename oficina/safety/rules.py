@@ -125,7 +125,7 @@ class Rules(Guard):
         return Verdict("allow", guard=self.name)
 
 
-@register("rules", "block/flag/redact/allow phrases and regexes from a file", arg="FILE")
+@register("rules", "block/flag/redact/allow phrases and regexes from a file", arg="FILE", cache=False)
 def _make(arg: str | None) -> Guard:
     if not arg:
         raise GuardError("the rules guard needs a file: rules=PATH")
