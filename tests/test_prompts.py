@@ -89,11 +89,10 @@ def test_nothing_is_stored_when_a_file_is_bad(home, tmp_path, capsys):
 
 def test_templates_cannot_reach_python_internals():
     spec = parse("template: \"{{ t.__class__.__mro__[1].__subclasses__() }}\"\nvariables: [t]\n")
-    with pytest.raises(PromptError) as e:
+    with pytest.raises(PromptError, match="refused by the sandbox: access to attribute '__class__'"):
         spec.render({"t": "x"})
-    assert "subclasses" not in str(e.value) or "undefined" in str(e.value).lower()
     spec = parse("template: \"{{ t.format.__globals__ }}\"\nvariables: [t]\n")
-    with pytest.raises(PromptError):
+    with pytest.raises(PromptError, match="refused by the sandbox"):
         spec.render({"t": "x"})
 
 
