@@ -96,7 +96,8 @@ def _eval(args) -> int:
     spec = args.prompt
     if not spec:
         raise OficinaError("usage: oficina guard eval GUARD [--data FILE]")
-    data = args.data or data_path({"pii": "pii_heldout.jsonl"}.get(spec, "content_heldout.jsonl"))
+    data = args.data or data_path({"pii": "pii_heldout.jsonl", "grounding": "grounding_heldout.jsonl"}
+                                  .get(spec, "content_heldout.jsonl"))
     m = measure(spec, data)
     if args.json:
         print(json.dumps(m.to_dict(), indent=2, ensure_ascii=False))

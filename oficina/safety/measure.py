@@ -6,6 +6,9 @@ Two file shapes, one per kind of guard:
   verdict's category when the guard blocks or flags it, else ``benign``.
 - ``{"text", "entities": [{"category", "value"}]}`` (span finders; ``pii_heldout.jsonl``): an
   entity is found when the guard reports a span with exactly its text and category.
+- ``{"text", "sources", "unsupported": [sentence, ...]}`` (``grounding_heldout.jsonl``): each
+  sentence of the text is one item, ``ungrounded`` when listed, predicted ``ungrounded`` when the
+  guard flags a span with exactly that sentence.
 
 Per category: precision, recall, F1 and false-positive rate (texts of other categories, or with
 no entity of this category, that the guard marks with it). Overall: macro-F1 over the harmful
@@ -90,12 +93,31 @@ def read(path: str | Path) -> list[dict]:
         except ValueError as e:
             raise GuardError(f"{p}:{n}: not JSON ({e})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or \
-                not ("label" in obj or isinstance(obj.get("entities"), list)):
-            raise GuardError(f'{p}:{n}: expected {{"text", "label"}} or {{"text", "entities"}}')
+                not ("label" in obj or isinstance(obj.get("entities"), list) or
+                     isinstance(obj.get("unsupported"), list)):
+            raise GuardError(f'{p}:{n}: expected {{"text", "label"}}, {{"text", "entities"}} or '
+                             f'{{"text", "sources", "unsupported"}}')
         out.append(obj)
     if not out:
         raise GuardError(f"{p}: no items")
     return out
+
+
+def _sentence_pairs(guard: Guard, items: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
+    from .grounding import sentences
+
+    pairs, errors = [], []
+    for it in items:
+        text = it["text"]
+        v = guard.check(text, {"sources": it.get("sources") or []})
+        flagged = {text[s.start:s.end] for s in v.spans}
+        for a, b in sentences(text):
+            y = "ungrounded" if text[a:b] in it["unsupported"] else NEGATIVE
+            pred = "ungrounded" if text[a:b] in flagged else NEGATIVE
+            pairs.append((y, pred))
+            if y != pred:
+                errors.append(f"{text[a:b][:80]!r}: {y} -> {pred}")
+    return pairs, errors
 
 
 def _label_pairs(guard: Guard, items: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -158,22 +180,27 @@ def _macro(scores: dict[str, Score]) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
-def latency(guard: Guard, texts: list[str], passes: int = 5) -> float:
-    """Median milliseconds per 1,000 characters."""
-    pieces, cur = [], ""
-    for t in texts:
-        cur = f"{cur} {t}" if cur else t
-        if len(cur) >= 1000:
-            pieces.append(cur)
-            cur = ""
-    pieces = pieces or [cur]
-    chars = sum(len(p) for p in pieces)
-    guard.check(pieces[0])  # warm-up (first-call allocations)
+def latency(guard: Guard, texts: list[str], passes: int = 5, contexts: list[dict] | None = None) -> float:
+    """Median milliseconds per 1,000 characters: texts joined into ~1,000-character pieces, or
+    (with ``contexts``, one per text) each text checked with its own context."""
+    if contexts is None:
+        pieces, cur = [], ""
+        for t in texts:
+            cur = f"{cur} {t}" if cur else t
+            if len(cur) >= 1000:
+                pieces.append(cur)
+                cur = ""
+        pieces = pieces or [cur]
+        calls = [(p, None) for p in pieces]
+    else:
+        calls = list(zip(texts, contexts))
+    chars = sum(len(p) for p, _ in calls)
+    guard.check(*calls[0])  # warm-up (first-call allocations)
     runs = []
     for _ in range(passes):
         t0 = time.perf_counter()
-        for p in pieces:
-            guard.check(p)
+        for p, ctx in calls:
+            guard.check(p, ctx)
         runs.append((time.perf_counter() - t0) * 1000 * 1000 / chars)
     return statistics.median(runs)
 
@@ -188,11 +215,14 @@ def measure(spec: str, path: str | Path, resamples: int = 1000, seed: int = 0) -
         score = lambda rs: _macro(_span_scores(rs, cats))
         scores = _span_scores(rows, cats)
     else:
-        rows, errors = _label_pairs(guard, items)
+        grounded = all("unsupported" in it for it in items)
+        rows, errors = (_sentence_pairs if grounded else _label_pairs)(guard, items)
         cats = sorted({y for y, _ in rows} | {p for _, p in rows})
         score = lambda rs: _macro(_label_scores(rs, cats))
         scores = _label_scores(rows, cats)
     boots = sorted(score([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(resamples))
     ci = (boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1])
-    ms = latency(guard, [it["text"] for it in items])
+    ms = latency(guard, [it["text"] for it in items],
+                 contexts=[{"sources": it.get("sources") or []} for it in items]
+                 if all("unsupported" in it for it in items) else None)
     return Measurement(guard.name, str(path), len(items), scores, _macro(scores), ci, ms, errors)
