@@ -40,6 +40,7 @@ def spans(text):
     ("CPF 111.444.777-35", [("111.444.777-35", "cpf")]),
     ("o meu CPF é 11144477735", [("11144477735", "cpf")]),
     ("NIF 123456789", [("123456789", "nif")]),
+    ("NIF 123456789, order 123456789", [("123456789", "nif")]),  # the second is an order number
     ("SSN 078-05-1120", [("078-05-1120", "ssn")]),
     ("social security number 078051120", [("078051120", "ssn")]),
 ])
@@ -50,6 +51,7 @@ def test_pii_finds_each_kind(text, expected):
 @pytest.mark.parametrize("text", [
     "Your order number 123456789 has shipped.",        # 9 digits, a valid NIF checksum, no context
     "Ticket 078051120 is closed.",                       # SSN-shaped, no context
+    "My NIF is on file; order 123456789 shipped.",      # the context word belongs to nothing here
     "Card 4111 1111 1111 1112 fails Luhn.",
     "IBAN PT50 0002 0123 1234 5678 9015 9 has a bad check digit.",
     "Version 2.10.300.1 is out.",                        # 300 is not an octet

@@ -11,7 +11,8 @@ Two file shapes, one per kind of guard:
   guard flags a span with exactly that sentence.
 
 Per category: precision, recall, F1 and false-positive rate (texts of other categories, or with
-no entity of this category, that the guard marks with it). Overall: macro-F1 over the harmful
+no entity of this category, that the guard marks with it); for classifiers also ``(any harmful)``,
+the filter's own question: blocked or flagged at all, whatever the category. Overall: macro-F1 over the harmful
 categories with a 95% percentile-bootstrap interval (1,000 resamples of texts), and latency in
 milliseconds per 1,000 characters (median over passes, texts joined into ~1,000-character pieces).
 """
@@ -175,8 +176,23 @@ def _span_scores(rows: list[tuple[set, set]], cats: list[str]) -> dict[str, Scor
     return out
 
 
+ANY = "(any harmful)"  # the filter's question: blocked or flagged at all, whatever the category
+
+
+def _any(pairs: list[tuple[str, str]]) -> Score:
+    s = Score()
+    for y, p in pairs:
+        hy, hp = y != NEGATIVE, p != NEGATIVE
+        s.tp += hy and hp
+        s.fn += hy and not hp
+        s.fp += hp and not hy
+        s.negatives += not hy
+        s.fp_texts += hp and not hy
+    return s
+
+
 def _macro(scores: dict[str, Score]) -> float:
-    vals = [s.f1 for c, s in scores.items() if c != NEGATIVE]
+    vals = [s.f1 for c, s in scores.items() if c not in (NEGATIVE, ANY)]
     return sum(vals) / len(vals) if vals else 0.0
 
 
@@ -220,6 +236,8 @@ def measure(spec: str, path: str | Path, resamples: int = 1000, seed: int = 0) -
         cats = sorted({y for y, _ in rows} | {p for _, p in rows})
         score = lambda rs: _macro(_label_scores(rs, cats))
         scores = _label_scores(rows, cats)
+        if not grounded:
+            scores[ANY] = _any(rows)
     boots = sorted(score([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(resamples))
     ci = (boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1])
     ms = latency(guard, [it["text"] for it in items],

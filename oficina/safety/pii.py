@@ -6,7 +6,7 @@ check digits) and US SSNs (SSA's rules: no area 000/666/9xx, group 00 or serial 
 
 Bare 9- and 11-digit numbers are everywhere (order numbers, invoices): a NIF, an unformatted SSN
 or an unformatted CPF counts only with a context word (``NIF``, ``SSN``, ``CPF``, ...) just before
-it -- Presidio's context enhancement, made a requirement. Formatted ones (``123-45-6789``,
+it (no other number in between) -- Presidio's context enhancement, made a requirement. Formatted ones (``123-45-6789``,
 ``123.456.789-09``) need none.
 """
 
@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping
 
 from .guard import Guard, Span, Verdict, redact, register
 
-CONTEXT_CHARS = 40  # how far before a bare number a context word may be
+CONTEXT_CHARS = 40  # how far before a bare number a context word may start
+CONTEXT_GAP = 16  # ... and how much text (no digits) may separate it from the number
 
 
 def luhn(digits: str) -> bool:
@@ -128,6 +129,20 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
 CATEGORIES = tuple(dict.fromkeys(r.category for r in RECOGNIZERS))
 
 
+def _has_context(word: re.Pattern, text: str, start: int) -> bool:
+    """A context word just before ``start``: at most CONTEXT_GAP characters after it, with no
+    digit and no sentence break between ("NIF 123456789, order 987654321": the order number is
+    not a NIF)."""
+    window = text[max(0, start - CONTEXT_CHARS):start]
+    last = None
+    for last in word.finditer(window):
+        pass
+    if last is None:
+        return False
+    gap = window[last.end():]
+    return len(gap) <= CONTEXT_GAP and not re.search(r"\d|[;!?]|\.\s", gap)
+
+
 def find(text: str) -> list[Span]:
     """Every piece of personal data in ``text``, as non-overlapping spans in text order."""
     spans: list[Span] = []
@@ -135,7 +150,7 @@ def find(text: str) -> list[Span]:
         for m in r.pattern.finditer(text):
             if any(m.start() < s.end and s.start < m.end() for s in spans):
                 continue
-            if r.context is not None and not r.context.search(text, max(0, m.start() - CONTEXT_CHARS), m.start()):
+            if r.context is not None and not _has_context(r.context, text, m.start()):
                 continue
             if r.valid(m.group()):
                 spans.append(Span(m.start(), m.end(), r.category))
