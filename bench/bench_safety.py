@@ -40,7 +40,7 @@ def main() -> None:
 
     ps = pieces()
     chars = sum(len(p) for p in ps)
-    load_before = open("/proc/loadavg").read().split()[:3]
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     guards = {"pii": get_guard("pii"), "rules": get_guard(f"rules={ROOT / 'examples/safety.rules'}"),
               "content": get_guard("content")}
     from sentence_transformers import SentenceTransformer
@@ -58,7 +58,7 @@ def main() -> None:
             for p in ps:
                 f(p)
             runs[name].append((time.perf_counter() - t0) * 1000 * 1000 / chars)
-    load_after = open("/proc/loadavg").read().split()[:3]
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
     peer = statistics.median(runs["minilm encode (peer)"])
     print(f"{len(ps)} pieces, {chars:,} characters, {args.rounds} rounds; "
           f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")

@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Options", "Registry", "check", "get_guard", "redteam", "PromptStore", "__version__"]
+__all__ = ["Options", "PromptStore", "Registry", "__version__", "check", "get_guard", "load", "redteam"]
 
 
 def __getattr__(name):

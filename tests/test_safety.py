@@ -3,8 +3,10 @@ model, the Modelfile round trip and the red-team runner."""
 
 import base64
 import json
+import re
 
 import pytest
+from tiny import build
 
 import oficina
 from oficina.cli import main
@@ -13,14 +15,12 @@ from oficina.modelfile import parse
 from oficina.options import Options
 from oficina.registry.registry import Registry
 from oficina.registry.sources import pull
-from oficina.safety import GuardError, GuardedStream, check, get_guard
+from oficina.safety import GuardedStream, GuardError, check, get_guard
 from oficina.safety.classifier import data_path
 from oficina.safety.grounding import support
 from oficina.safety.measure import measure
-from oficina.safety.pii import find, iban_ok, luhn, nif_ok, cpf_ok
+from oficina.safety.pii import cpf_ok, find, iban_ok, luhn, nif_ok
 from oficina.safety.redteam import FAMILIES, Probe, judge, load_probes, redteam
-
-from tiny import build
 
 
 def spans(text):
@@ -216,10 +216,11 @@ def tiny(tmp_path_factory):
 
 
 def test_guard_option_blocks_prompt_and_answer(tiny, tmp_path):
-    model, reg, _ = tiny
+    model = tiny[0]
     full = model.generate("The cat", temperature=0, num_predict=12)
-    assert len(full) > 3
-    spec = rules_file(tmp_path, f"block:echo /{__import__('re').escape(full[-3:])}/\nblock:word dog\n")
+    assert len(full.rstrip()) > 3
+    tail = "".join(r"\s" if c.isspace() else re.escape(c) for c in full.rstrip()[-3:])
+    spec = rules_file(tmp_path, f"block:echo /{tail}/\nblock:word dog\n")
     cut = model.generate("The cat", temperature=0, num_predict=12, guard=[spec])
     assert model.last_stats.done_reason == f"guard:{spec}:echo"
     assert full.startswith(cut) and len(cut) < len(full)
@@ -262,7 +263,6 @@ def test_modelfile_guard_round_trip(tiny, tmp_path):
 def test_any_registry_classifier_is_a_guard(tmp_path, monkeypatch):
     import torch
     import transformers
-
     from tiny import tokenizer
 
     tok = tokenizer()
@@ -366,7 +366,7 @@ def test_redteam_smollm2_with_and_without_a_guard(smollm2, monkeypatch):
     guarded = redteam(smollm2, ("content",), probes, options=opts)
     print(json.dumps([plain.to_dict(), guarded.to_dict()], indent=1)[:3000])
     assert guarded.asr() <= plain.asr()
-    direct = [o for o in guarded.outcomes if o.probe.family == "direct"][0]
+    direct = next(o for o in guarded.outcomes if o.probe.family == "direct")
     assert direct.done_reason == "guard:content:violence" and not direct.success  # a pipe bomb request
     assert guarded.over_refusal() == 0.0
 

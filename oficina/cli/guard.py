@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ..errors import OficinaError
 
@@ -41,7 +42,7 @@ def _context(args) -> dict | None:
     texts = []
     for path in args.source:
         try:
-            texts.append(open(path, encoding="utf-8").read())
+            texts.append(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             raise OficinaError(f"cannot read source {path}: {e}") from None
     return {"sources": texts}
@@ -102,8 +103,9 @@ def _eval(args) -> int:
     if args.json:
         print(json.dumps(m.to_dict(), indent=2, ensure_ascii=False))
         return 0
-    from .common import console
     from rich.table import Table
+
+    from .common import console
 
     c = console()
     c.print(f"{m.guard} on {m.data} ({m.items} texts)", markup=False)

@@ -10,7 +10,8 @@ from ..errors import OficinaError
 def redteam(args) -> int:
     from ..api import load
     from ..registry.registry import Registry
-    from ..safety.redteam import FAMILIES, draw, load_probes, redteam as run_suite, saved
+    from ..safety.redteam import FAMILIES, draw, load_probes
+    from ..safety.redteam import redteam as run_suite
 
     reg = Registry()
     guards = tuple(args.guard or ())
@@ -62,7 +63,7 @@ def _table(rows) -> None:
     t.add_column("model (+guards)")
     cols = list(rows[0][1]) if rows else []
     for c in cols:
-        t.add_column(c + (" ↓" if c != "over_refusal" else " ↓"), justify="right")
+        t.add_column(c + " ↓", justify="right")
     for label, cells in rows:
         t.add_row(label, *[cells[c] for c in cols])
     c = console()

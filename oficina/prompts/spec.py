@@ -79,7 +79,7 @@ class PromptSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PromptSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PromptSpec:
         return cls(d["template"], {k: Variable(**v) for k, v in d["variables"].items()},
                    d["description"], [Example(**e) for e in d["examples"]], d["models"], d["parameters"])
 

@@ -16,9 +16,10 @@ classifier was trained on short texts), and the most severe piece decides; its s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .guard import Guard, GuardError, Span, Verdict, register
 

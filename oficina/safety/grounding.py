@@ -15,23 +15,15 @@ per unsupported sentence; ``score`` is the share of the answer's sentences that 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .guard import Guard, Span, Verdict, register
 
 THRESHOLD = 0.6
-STOP = frozenset("""
-the and for are but not you all any can had her was one our out has him his how its may new now
-old see two who did get let say she too use that with have this will your from they been were
-what when where which while would there their them then than also into just more most some such
-only very over about after again being both each does doing down further here same should these
-those through under until what why because could other
-que para com uma umas uns por mais como mas foi ser são está estão tem têm isso este esta esse
-essa aquele aquela pelo pela pelos pelas dos das nos nas num numa seu sua seus suas ele ela eles
-elas você vocês também muito muita entre sobre quando onde qual quais porque já não sim até depois
-""".split())
-_WORD = re.compile(r"[^\W\d_]{3,}|\d+(?:[.,]\d+)*", re.U)
+STOP = frozenset(["the", "and", "for", "are", "but", "not", "you", "all", "any", "can", "had", "her", "was", "one", "our", "out", "has", "him", "his", "how", "its", "may", "new", "now", "old", "see", "two", "who", "did", "get", "let", "say", "she", "too", "use", "that", "with", "have", "this", "will", "your", "from", "they", "been", "were", "what", "when", "where", "which", "while", "would", "there", "their", "them", "then", "than", "also", "into", "just", "more", "most", "some", "such", "only", "very", "over", "about", "after", "again", "being", "both", "each", "does", "doing", "down", "further", "here", "same", "should", "these", "those", "through", "under", "until", "what", "why", "because", "could", "other", "que", "para", "com", "uma", "umas", "uns", "por", "mais", "como", "mas", "foi", "ser", "são", "está", "estão", "tem", "têm", "isso", "este", "esta", "esse", "essa", "aquele", "aquela", "pelo", "pela", "pelos", "pelas", "dos", "das", "nos", "nas", "num", "numa", "seu", "sua", "seus", "suas", "ele", "ela", "eles", "elas", "você", "vocês", "também", "muito", "muita", "entre", "sobre", "quando", "onde", "qual", "quais", "porque", "já", "não", "sim", "até", "depois"])
+_WORD = re.compile(r"[^\W\d_]{3,}|\d+(?:[.,]\d+)*", re.UNICODE)
 _BREAK = re.compile(r"(?<=[.!?])[ \t]+|\s*\n\s*")
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .guard import Guard, Span, Verdict, redact, register
 
@@ -98,9 +99,9 @@ class Recognizer:
     context: re.Pattern | None = None  # a word that must come just before the match
 
 
-_CTX_NIF = re.compile(r"\b(nif|nipc|contribuinte|n\.?º? ?fiscal|número fiscal|tax (?:id|number))\b", re.I)
-_CTX_SSN = re.compile(r"\b(ssn|social security)\b", re.I)
-_CTX_CPF = re.compile(r"\bcpf\b", re.I)
+_CTX_NIF = re.compile(r"\b(nif|nipc|contribuinte|n\.?º? ?fiscal|número fiscal|tax (?:id|number))\b", re.IGNORECASE)
+_CTX_SSN = re.compile(r"\b(ssn|social security)\b", re.IGNORECASE)
+_CTX_CPF = re.compile(r"\bcpf\b", re.IGNORECASE)
 _NB = r"(?<![\w.+-])"  # not glued to a word, a number or another id on the left
 _NA = r"(?![\w-])"  # ... or on the right (a sentence's full stop may follow, "-B" may not)
 

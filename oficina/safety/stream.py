@@ -11,7 +11,8 @@ released and the final ``Stats`` says ``done_reason = "guard:NAME:CATEGORY"``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from .guard import Guard, Verdict, check, get_guard
 
