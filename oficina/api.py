@@ -175,11 +175,17 @@ class Model:
         from .safety.stream import GuardedStream, check_input, done_reason
 
         text, verdict = check_input(text, opts.guard)
+        self.last_verdicts = [verdict] if verdict.verdict != "allow" else []  # flags, redactions
         if verdict.blocked:
             self.last_stats = Stats(done_reason=done_reason(verdict))
             return iter(())
         ids = to_ids(text)
-        return self._run(ids, opts, lambda items: GuardedStream(items, opts.guard))
+
+        def wrap(items):
+            stream = GuardedStream(items, opts.guard)
+            stream.verdicts = self.last_verdicts  # the answer's flags join the prompt's as they come
+            return stream
+        return self._run(ids, opts, wrap)
 
     def _run(self, ids: list[int], opts: Options, wrap=None) -> Iterator[str]:
         engine = self.engine

@@ -231,6 +231,7 @@ def test_guard_option_blocks_prompt_and_answer(tiny, tmp_path):
 def test_guard_option_redacts_the_prompt(tiny):
     model, _, _ = tiny
     a = model.generate("ana@example.pt", temperature=0, num_predict=6, guard=["pii"])
+    assert [(v.verdict, v.category) for v in model.last_verdicts][:1] == [("redact", "email")]
     b = model.generate("[EMAIL]", temperature=0, num_predict=6)
     assert a == b  # the model saw the redacted prompt
 

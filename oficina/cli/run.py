@@ -30,6 +30,9 @@ def run(args) -> int | None:
         _print_stats(model.last_stats)
     elif model.last_stats and model.last_stats.done_reason.startswith("guard:"):
         print(f"stopped by a guard: {model.last_stats.done_reason}", file=sys.stderr)
+    for v in getattr(model, "last_verdicts", ()):
+        if v.verdict in ("flag", "redact"):
+            print(f"{v.guard}: {v.verdict} {v.category} ({len(v.spans)} span(s))", file=sys.stderr)
     return None
 
 

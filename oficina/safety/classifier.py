@@ -69,6 +69,8 @@ def pieces(text: str) -> list[tuple[int, int]]:
 
 
 class Classifier(Guard):
+    lookback = 0  # in a stream, only the sentences not yet passed are classified
+
     def __init__(self, model_name: str, registry=None, train_if_missing: bool = False):
         from ..registry.registry import Registry
 

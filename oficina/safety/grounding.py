@@ -81,6 +81,8 @@ def support(answer: str, sources: str | Sequence[str]) -> list[Support]:
 
 
 class Grounding(Guard):
+    lookback = 0  # sentences are scored one by one against the sources
+
     def check(self, text: str, context: Mapping[str, Any] | None = None) -> Verdict:
         sources = (context or {}).get("sources")
         if not sources:

@@ -77,6 +77,10 @@ class Guard:
     """
 
     name = ""
+    # How far before new text a stream check must start (None: from the beginning). A
+    # classifier of sentences needs none of the text it already passed; pii needs its context
+    # words; a user's regex may span anything.
+    lookback: int | None = None
 
     def check(self, text: str, context: Mapping[str, Any] | None = None) -> Verdict:
         raise NotImplementedError
@@ -161,10 +165,14 @@ def check(text: str, guards: str | Guard | Sequence[str | Guard],
     if isinstance(guards, (str, Guard)):
         guards = [guards]
     check_text(text)
+    return combine(text, [get_guard(s).check(text, context) for s in guards])
+
+
+def combine(text: str, verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict from several guards' verdicts on ``text``."""
     worst = Verdict(guard="")
     spans: list[Span] = []
-    for g in (get_guard(s) for s in guards):
-        v = g.check(text, context)
+    for v in verdicts:
         if v.verdict == "redact":
             spans += v.spans
         if VERDICTS.index(v.verdict) > VERDICTS.index(worst.verdict) or \

@@ -164,6 +164,8 @@ _TAIL = re.compile(r"(?:[^\s]*\d[^\s]*[ ]?)*\S*$")
 
 
 class PII(Guard):
+    lookback = CONTEXT_CHARS  # enough for a context word before a number
+
     def check(self, text: str, context: Mapping[str, Any] | None = None) -> Verdict:
         spans = find(text)
         if not spans:

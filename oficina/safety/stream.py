@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .guard import Guard, Verdict, check, get_guard
+from .guard import Guard, Verdict, check, combine, get_guard
 
 
 def done_reason(v: Verdict) -> str:
@@ -45,7 +45,17 @@ class GuardedStream:
         """Check text[:upto]; return the new released piece, or the blocking verdict."""
         if upto <= self.released:
             return "", None
-        v = check(self.text[:upto], self.guards, self.context)
+        # each guard reads only as far back as it needs, so a long answer is not re-read whole
+        # at every sentence (quadratic for a classifier)
+        found = []
+        for g in self.guards:
+            start = 0 if g.lookback is None else max(0, self.released - g.lookback)
+            v = g.check(self.text[start:upto], self.context)
+            if start:
+                v = dataclasses.replace(v, spans=tuple(dataclasses.replace(
+                    x, start=x.start + start, end=x.end + start) for x in v.spans))
+            found.append(v)
+        v = combine(self.text[:upto], found)
         if v.blocked:
             return "", v
         piece = self.text[self.released:upto]
