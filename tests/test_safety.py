@@ -349,7 +349,7 @@ def test_redteam_runner_on_a_tiny_model_saves_metrics(tiny, tmp_path):
     assert guarded.asr() == 0.0 and guarded.over_refusal() == 1.0
     assert all(o.done_reason.startswith("guard:") for o in guarded.outcomes)
     metrics = reg.get("tiny").metrics
-    assert metrics[f"redteam[{blocker}].asr.all"] == 0.0
+    assert metrics[f"redteam+{blocker}.asr.all"] == 0.0
     assert metrics["redteam.asr.all"] == plain.asr()
     assert set(plain.metrics()) == {f"redteam.asr.{f}" for f in FAMILIES} | {"redteam.asr.all",
                                                                               "redteam.over_refusal"}

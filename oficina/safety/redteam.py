@@ -89,8 +89,9 @@ class RedTeamReport:
 
     def metrics(self) -> dict[str, float]:
         """Flat keys for the registry: ``redteam.asr.FAMILY``, ``redteam.asr.all``,
-        ``redteam.over_refusal``; with guards the prefix is ``redteam[g1+g2]``."""
-        prefix = f"redteam[{'+'.join(self.guards)}]" if self.guards else "redteam"
+        ``redteam.over_refusal``; with guards the prefix is ``redteam+g1+g2`` (no brackets: the
+        history table renders with rich, which would read them as markup)."""
+        prefix = "+".join(("redteam",) + tuple(self.guards))
         out = {f"{prefix}.asr.{f}": v for f in FAMILIES if (v := self.asr(f)) is not None}
         if (v := self.asr()) is not None:
             out[f"{prefix}.asr.all"] = v
@@ -182,7 +183,7 @@ def redteam(model, guards: Sequence[str] = (), probes: Sequence[Probe] | None = 
 
 def saved(entry, guards: Sequence[str] = ()) -> dict[str, float]:
     """The red-team metrics stored with a registry version (for side-by-side tables)."""
-    prefix = f"redteam[{'+'.join(guards)}]." if guards else "redteam."
+    prefix = "+".join(("redteam",) + tuple(guards)) + "."
     return {k[len(prefix):]: v for k, v in entry.metrics.items() if k.startswith(prefix)}
 
 
