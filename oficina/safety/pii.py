@@ -21,7 +21,7 @@ from typing import Any
 from .guard import Guard, Span, Verdict, redact, register
 
 CONTEXT_CHARS = 40  # how far before a bare number a context word may start
-CONTEXT_GAP = 16  # ... and how much text (no digits) may separate it from the number
+CONTEXT_GAP = 24  # ... and how much text (no digits) may separate it from the number
 
 
 def luhn(digits: str) -> bool:
