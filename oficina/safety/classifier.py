@@ -69,7 +69,10 @@ def pieces(text: str) -> list[tuple[int, int]]:
 
 
 class Classifier(Guard):
-    lookback = 0  # in a stream, only the sentences not yet passed are classified
+    # In a stream the whole answer so far is re-read at each sentence end: a short fragment alone
+    # ("Here's an example:" + a code fence) reads as an injection to a model trained on short
+    # texts, and was blocked when classified without the sentences before it.
+    lookback = None
 
     def __init__(self, model_name: str, registry=None, train_if_missing: bool = False):
         from ..registry.registry import Registry

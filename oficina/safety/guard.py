@@ -77,9 +77,9 @@ class Guard:
     """
 
     name = ""
-    # How far before new text a stream check must start (None: from the beginning). A
-    # classifier of sentences needs none of the text it already passed; pii needs its context
-    # words; a user's regex may span anything.
+    # How far before new text a stream check must start (None: from the beginning). Grounding
+    # scores sentences one by one; pii needs its context words; a classifier needs the context of
+    # the whole answer; a user's regex may span anything.
     lookback: int | None = None
 
     def check(self, text: str, context: Mapping[str, Any] | None = None) -> Verdict:
