@@ -15,7 +15,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Options", "Registry", "__version__"]
+__all__ = ["Options", "PromptStore", "Registry", "__version__", "check", "get_guard", "load", "redteam"]
 
 
 def __getattr__(name):
@@ -24,6 +24,10 @@ def __getattr__(name):
         from .api import load
 
         return load
+    if name in ("check", "get_guard", "redteam", "PromptStore"):  # guards, red team, prompt library
+        from . import api
+
+        return getattr(api, name)
     if name == "Options":
         from .options import Options
 

@@ -125,6 +125,11 @@ def _create(reg: Registry, name: str, mf: Modelfile, modelfile: Path, quantize: 
             manifest.params = validate_mapping({**manifest.params, **{k: new[k] for k in given}})
         except InvalidOptions as e:
             raise _at(mf, "PARAMETER", -1, e) from None
+        if manifest.params.get("guard"):  # an unknown guard fails now, not at the first request
+            from .safety.guard import parse_spec
+
+            for spec in manifest.params["guard"]:
+                parse_spec(spec)
     if mf.template is not None:
         manifest.template = mf.template
     if mf.system is not None:

@@ -27,6 +27,11 @@ Where oficina differs from Ollama, on purpose:
 - Ollama's ``quote()`` writes values such as ``"hi"`` or a leading tab bare, and they read back
   differently; ``Modelfile.to_text`` quotes whenever needed, so ``parse(m.to_text()) == m``.
 - An empty ``FROM ""`` is an error here; invalid UTF-8 is an error, not U+FFFD.
+- Guards (``oficina/safety``) are ``PARAMETER guard NAME`` lines, repeatable like ``stop``
+  (``PARAMETER guard pii``, ``PARAMETER guard rules=/abs/path.rules``): a parameter rather than a
+  new instruction, because a guard is a per-request setting like ``stop`` -- the same name is then
+  a CLI flag (``--guard``), an API option and a server request option, and ``show --modelfile``
+  writes it back with the other parameters. Ollama itself rejects the unknown parameter.
 """
 
 from __future__ import annotations

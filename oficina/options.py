@@ -86,6 +86,11 @@ PARAMS: tuple[Param, ...] = (
           "CPU threads for the matrix products (0 = torch's default: the physical cores)"),
     Param("num_batch", int, 512, _at_least(1), ">= 1",
           "prompt tokens processed per step when reading a long prompt"),
+    # Not an Ollama parameter: oficina's filters (oficina/safety), here so that a flag, a
+    # Modelfile line, an API option and a server request name them the same way.
+    Param("guard", list, (), None, "text",
+          "check the prompt and the answer with this guard (repeatable): pii, content, "
+          "rules=FILE, classifier=MODEL, grounding"),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
@@ -144,6 +149,7 @@ class Options:
     stop: tuple[str, ...] = field(default_factory=tuple)
     num_thread: int = 0
     num_batch: int = 512
+    guard: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         for p in PARAMS:
@@ -166,7 +172,8 @@ class Options:
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], base: "Options | None" = None) -> "Options":
         """Options from ``(name, value)`` pairs such as Modelfile PARAMETER lines; repeated
-        ``stop`` lines accumulate, any other repeat keeps the last value (as Ollama does)."""
+        ``stop`` (and ``guard``) lines accumulate, any other repeat keeps the last value (as Ollama
+        does)."""
         return cls.from_mapping(pairs_to_mapping(pairs), base)
 
     def merged(self, overrides: Mapping[str, Any] | None) -> "Options":
@@ -200,8 +207,8 @@ class Options:
 def pairs_to_mapping(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
-        if key == "stop":
-            out.setdefault("stop", []).append(value)
+        if key in BY_NAME and BY_NAME[key].type is list:
+            out.setdefault(key, []).append(value)
         else:
             out[key] = value
     return out
@@ -211,7 +218,7 @@ def validate_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
     """Check a partial set of parameters (as stored with a model) and return it normalised,
     keeping only the keys given."""
     full = Options.from_mapping(values)
-    return {k: (list(getattr(full, k)) if k == "stop" else getattr(full, k)) for k in values}
+    return {k: (list(getattr(full, k)) if BY_NAME[k].type is list else getattr(full, k)) for k in values}
 
 
 def _fmt(value: Any) -> str:

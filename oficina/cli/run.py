@@ -14,6 +14,8 @@ def run(args) -> int | None:
     from ..api import load
 
     prompt = args.prompt
+    if args.prompt_name:  # a library prompt (oficina prompt): rendered, its parameters under the flags'
+        prompt, opts = _library_prompt(args, prompt, opts)
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     model = load(args.name, **opts)
@@ -27,7 +29,22 @@ def run(args) -> int | None:
     out.flush()
     if args.verbose:
         _print_stats(model.last_stats, model)
+    elif model.last_stats and model.last_stats.done_reason.startswith("guard:"):
+        print(f"stopped by a guard: {model.last_stats.done_reason}", file=sys.stderr)
+    for v in getattr(model, "last_verdicts", ()):
+        if v.verdict in ("flag", "redact"):
+            print(f"{v.guard}: {v.verdict} {v.category} ({len(v.spans)} span(s))", file=sys.stderr)
     return None
+
+
+def _library_prompt(args, text, opts):
+    from ..prompts import PromptStore
+    from .prompt import parse_vars
+
+    if text is not None:
+        raise OficinaError("give either a prompt text or --prompt NAME, not both")
+    p = PromptStore().get(args.prompt_name)
+    return p.render(parse_vars(args.var)), {**p.spec.parameters, **opts}
 
 
 def _print_stats(s, model=None) -> None:
@@ -123,5 +140,8 @@ def register(sub) -> None:
     s.add_argument("--raw", action="store_true", help="do not apply the chat template")
     s.add_argument("--system", help="system message")
     s.add_argument("--verbose", action="store_true", help="print timings after the answer")
+    s.add_argument("--prompt", dest="prompt_name", metavar="NAME",
+                   help="a library prompt (NAME, NAME@VERSION, NAME:LABEL; see oficina prompt)")
+    s.add_argument("--var", action="append", metavar="NAME=VALUE", help="a --prompt variable (repeatable)")
     option_flags(s)
     s.set_defaults(func=run)

@@ -141,6 +141,7 @@ class Model:
         self.template: str | None = m.template if m else None
         self.messages: list[Message] = list(m.messages) if m else []
         self.last_stats: Stats | None = None
+        self.last_verdicts: list = []  # guard verdicts of the last call that flagged or redacted
         self.load_seconds = 0.0      # reported once, with the first answer (Ollama's load_duration)
         self.cache = cache
         self.max_batch = max_batch   # sequence slots of the runner (the server asks for more)
@@ -246,6 +247,8 @@ class Model:
         """Generate for one prompt, yielding text as it is decided. The chat template is applied
         unless ``raw`` (as in Ollama's /api/generate)."""
         opts = self.options.merged(options)
+        if opts.guard:
+            return self._guarded(prompt, opts, lambda p: self._prompt_ids(p, raw, system))
         ids = self._prompt_ids(prompt, raw, system)
         return self._run(ids, opts)
 
@@ -255,17 +258,41 @@ class Model:
 
     def chat_stream(self, messages: Sequence[Message], **options: Any) -> Iterator[str]:
         opts = self.options.merged(options)
-        return self._run(self.encode_chat(_check_messages(messages)), opts)
+        msgs = _check_messages(messages)
+        if opts.guard and msgs and msgs[-1]["role"] == "user":
+            return self._guarded(msgs[-1]["content"], opts, lambda p: self.encode_chat(
+                msgs[:-1] + [{"role": "user", "content": p}]))
+        return self._run(self.encode_chat(msgs), opts)
 
     def chat(self, messages: Sequence[Message], **options: Any) -> str:
         return "".join(self.chat_stream(messages, **options))
 
-    def _run(self, ids: list[int], opts: Options) -> Iterator[str]:
+    def _guarded(self, text: str, opts: Options, to_ids) -> Iterator[str]:
+        """Guards (``options.guard``, oficina/safety) on the user's text, then on the answer as it
+        streams: a blocked prompt generates nothing, a blocked answer stops; ``last_stats``'
+        ``done_reason`` says which guard and why."""
+        from ..safety.stream import GuardedStream, check_input, done_reason
+
+        text, verdict = check_input(text, opts.guard)
+        self.last_verdicts = [verdict] if verdict.verdict != "allow" else []  # flags, redactions
+        if verdict.blocked:
+            self.last_stats = Stats(done_reason=done_reason(verdict))
+            return iter(())
+        ids = to_ids(text)
+
+        def wrap(items):
+            stream = GuardedStream(items, opts.guard)
+            stream.verdicts = self.last_verdicts  # the answer's flags join the prompt's as they come
+            return stream
+        return self._run(ids, opts, wrap)
+
+    def _run(self, ids: list[int], opts: Options, wrap=None) -> Iterator[str]:
         engine = self.engine
         if opts.num_thread > 0:
             torch.set_num_threads(opts.num_thread)
         engine.runner.num_batch = opts.num_batch
-        for item in engine.stream(ids, opts, keep=self._keep(ids)):
+        items = engine.stream(ids, opts, keep=self._keep(ids))
+        for item in wrap(items) if wrap else items:
             if isinstance(item, Stats):
                 item.load_seconds, self.load_seconds = self.load_seconds, 0.0
                 self.last_stats = item
