@@ -137,10 +137,11 @@ def transformers_generate(folder: Path, dtype, tokenizer):
 def cold_ttft(name: str, threads: int) -> tuple[float, float]:
     """(seconds to the first streamed piece, max RSS MB) of a fresh ``oficina run`` process."""
     code = (
-        "import time,sys,resource;import oficina;"
+        "import time,sys;import oficina;"
         "m=oficina.load(sys.argv[1]);it=m.stream('hi',temperature=0,num_predict=8,num_thread=int(sys.argv[2]));"
         "next(it);print(time.time()-float(sys.argv[3]));list(it);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)")
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent
+        "print([int(l.split()[1])/1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code, name, str(threads), repr(time.time())],
                          capture_output=True, text=True)
     if out.returncode:
