@@ -29,10 +29,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-import oficina  # noqa: E402
-from oficina.report import Reporter, set_reporter  # noqa: E402
+import oficina
+from oficina.report import Reporter, set_reporter
 
 HERE = Path(__file__).parent
 PROMPT, NEW, PREFILL, BATCH = 32, 128, 512, 8
@@ -137,12 +137,13 @@ def transformers_generate(folder: Path, dtype, tokenizer):
 def cold_ttft(name: str, threads: int) -> tuple[float, float]:
     """(seconds to the first streamed piece, max RSS MB) of a fresh ``oficina run`` process."""
     code = (
-        "import time,sys,resource;import oficina;"
+        "import time,sys;import oficina;"
         "m=oficina.load(sys.argv[1]);it=m.stream('hi',temperature=0,num_predict=8,num_thread=int(sys.argv[2]));"
         "next(it);print(time.time()-float(sys.argv[3]));list(it);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)")
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent
+        "print([int(l.split()[1])/1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code, name, str(threads), repr(time.time())],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(out.stderr[-2000:])
     t, rss = out.stdout.split()[-2:]
@@ -158,7 +159,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     set_reporter(Reporter(quiet=True))
-    load_before = open("/proc/loadavg").read().split()[:3]
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
 
     model = oficina.load(args.model, num_thread=args.threads, num_ctx=1024)
     model.max_batch = BATCH
@@ -179,7 +180,7 @@ def main() -> None:
         for name, fn in contenders:
             results[name].append(fn())
     ttft = [cold_ttft(args.model, args.threads) for _ in range(args.repeat)]
-    load_after = open("/proc/loadavg").read().split()[:3]
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
 
     def med(name, key):
         vals = [r[key] for r in results[name] if key in r]

@@ -4,13 +4,18 @@ decode, prefix reuse, chunked prefill)."""
 
 from __future__ import annotations
 
+import gguf_models
 import pytest
+import tiny
 import torch
 
-import gguf_models
-import tiny
 from oficina.generation.fast.config import FastConfig
-from oficina.generation.fast.load import from_gguf_file, from_state, load_packed, save_packed
+from oficina.generation.fast.load import (
+    from_gguf_file,
+    from_state,
+    load_packed,
+    save_packed,
+)
 from oficina.generation.fast.runner import FastRunner
 from oficina.generation.hf_runner import TransformersRunner
 

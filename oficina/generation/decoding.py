@@ -11,8 +11,9 @@ seed, penalties, stops and budget.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from torch import Tensor
 

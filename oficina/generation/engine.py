@@ -8,8 +8,8 @@ and transformers alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ class Engine:
             model = TransformersRunner(model, eos_ids, context_length, max_batch=1)
         self.runner = model
         self.tokenizer = tokenizer
-        self.eos_ids = set(int(i) for i in eos_ids) | set(model.eos_ids)
+        self.eos_ids = {int(i) for i in eos_ids} | set(model.eos_ids)
         self.context_length = context_length or model.context_length or 0
 
     def logits(self, ids: list[int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ name); the name is read from the model's signature once, so either version works
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

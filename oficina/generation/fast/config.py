@@ -63,7 +63,7 @@ class FastConfig:
     logit_softcap: float = 0.0
 
     @classmethod
-    def from_hf(cls, cfg) -> "FastConfig":
+    def from_hf(cls, cfg) -> FastConfig:
         """From a transformers ``PretrainedConfig`` (or the dict of a config.json)."""
         c = cfg if isinstance(cfg, dict) else cfg.to_dict()
         mt = c.get("model_type")

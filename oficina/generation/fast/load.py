@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ HF_GLOBAL = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "ou
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
 BIASES = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate", "ffn_up")}
 
 
@@ -168,8 +168,6 @@ def from_gguf_file(cfg: FastConfig, path: Path, dtype: torch.dtype, slots: int, 
 def save_packed(dec: Decoder, path: Path) -> None:
     """All forms' tensors in one safetensors file, the form of each in its metadata; written to
     a temporary file and renamed, so a crash never leaves half a cache."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, Tensor] = {}
     forms: dict[str, str] = {}
 
@@ -191,13 +189,41 @@ def save_packed(dec: Decoder, path: Path) -> None:
             "embed_qtype": "" if dec.embed.qtype is None else dec.embed.qtype.name}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        with os.fdopen(fd, "wb") as f:
+            _write_aligned(tensors, meta, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_aligned(tensors: dict[str, Tensor], meta: dict[str, str], f) -> None:
+    """A safetensors file (the format's header + raw bytes) whose every tensor starts on a
+    64-byte boundary, so the memory-mapped views can feed the int kernels directly. Padding is
+    explicit ``__padN`` byte tensors (the format allows no holes) and header spaces."""
+    dtypes = {v: k for k, v in _DTYPES.items()}
+    entries: dict = {}
+    blobs: list[bytes] = []
+    off = 0
+    for i, (name, t) in enumerate(tensors.items()):
+        if (pad := -off % ALIGN):
+            entries[f"__pad{i}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [off, off + pad]}
+            blobs.append(bytes(pad))
+            off += pad
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        entries[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    entries["__metadata__"] = meta
+    header = json.dumps(entries).encode()
+    header += b" " * (-(8 + len(header)) % ALIGN)
+    f.write(len(header).to_bytes(8, "little"))
+    f.write(header)
+    for b in blobs:
+        f.write(b)
 
 
 def load_packed(cfg: FastConfig, path: Path, slots: int, context: int) -> Decoder | None:
@@ -231,6 +257,7 @@ def load_packed(cfg: FastConfig, path: Path, slots: int, context: int) -> Decode
     return Decoder(cfg, embed, layers, get("output_norm"), get("output"), dtype, slots, context)
 
 
+ALIGN = 64
 _DTYPES = {"BF16": torch.bfloat16, "F32": torch.float32, "F16": torch.float16, "U8": torch.uint8,
            "I8": torch.int8, "I32": torch.int32, "I64": torch.int64}
 
@@ -254,7 +281,11 @@ def _mmap_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
         a, b = h["data_offsets"]
         dtype = _DTYPES[h["dtype"]]
         count = (b - a) // torch.empty((), dtype=dtype).element_size()
-        t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + a) if count else torch.empty(0, dtype=dtype)
+        if count and (base + a) % ALIGN == 0:
+            t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + a)
+        else:  # the int kernels read with aligned vector loads: a misaligned view crashes them
+            t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + a).clone() if count \
+                else torch.empty(0, dtype=dtype)
         out[name] = t.reshape(h["shape"])
     return out, meta
 

@@ -60,9 +60,10 @@ class Decoder:
             vc[dst, :, :n] = vc[src, :, :n]
 
     @torch.inference_mode()
-    def forward(self, tokens: Tensor, slots: Tensor, start: Tensor, last_only: bool = True) -> Tensor:
+    def forward(self, tokens: Tensor, slots: Tensor, start: Tensor, last_only: bool = True,
+                logits: bool = True) -> Tensor | None:
         """tokens [B, T] at positions start[b] + t of slots[b] -> float32 logits [B, V] for the
-        last position (or [B, T, V])."""
+        last position (or [B, T, V]; None with ``logits=False``: only the cache is filled)."""
         cfg = self.cfg
         B, T = tokens.shape
         x = self.embed(tokens)                                                 # [B, T, D] f32
@@ -122,6 +123,8 @@ class Decoder:
             if cfg.family.sandwich:
                 m = rms_norm(m, p["post_ffw_norm"], cfg.eps)
             x = x + m.float()
+        if not logits:
+            return None
         if last_only:
             x = x[:, -1:]
         h = rms_norm(x, self.norm, cfg.eps).to(self.dtype)

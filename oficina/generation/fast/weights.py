@@ -26,7 +26,7 @@ loops) than with bf16 (measured, 1536x576, 1 thread: 4.5 ms vs 0.14 ms).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class Int8(Form):
         self.shape = tuple(q.shape)
 
     @classmethod
-    def quantize(cls, w: Tensor) -> "Int8":
+    def quantize(cls, w: Tensor) -> Int8:
         """Symmetric per-channel int8 of float rows ``w [N, K]``."""
         w = w.float()
         scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
@@ -127,7 +127,7 @@ class Int4(Form):
         self.shape = (nibbles.shape[0], nibbles.shape[1] * 2)
 
     @classmethod
-    def from_codes(cls, q: Tensor, scale: Tensor, zero: Tensor) -> "Int4":
+    def from_codes(cls, q: Tensor, scale: Tensor, zero: Tensor) -> Int4:
         """``q [N, K]`` codes 0..15, ``scale, zero [N, K/32]`` float32: w = (q-8)*scale + zero."""
         q = q.to(torch.uint8)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 2)
