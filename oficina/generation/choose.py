@@ -52,7 +52,10 @@ def fast_runner(model, eos) -> FastRunner:
             from ..models.loader import gguf_file
 
             path = gguf_file(loaded.source)
-            packed = (loaded.hf_folder.parent / f"{loaded.hf_folder.name}-fast-{tag}.safetensors"
+            from .fast.load import CACHE_VERSION
+
+            # the version is in the name: processes running other versions keep their own file
+            packed = (loaded.hf_folder.parent / f"{loaded.hf_folder.name}-fast{CACHE_VERSION}-{tag}.safetensors"
                       if model.cache is not None else None)
             dec = cached(lambda: from_gguf_file(cfg, path, dtype, model.max_batch, ctx), cfg, packed,
                          model.max_batch, ctx)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .config import FastConfig, Unsupported
 from .model import Decoder
-from .weights import FORMS, Dense, Embedding, Form, from_gguf, qk_perm
+from .weights import FORMS, Dense, Embedding, Form, from_gguf, fuse, qk_perm
 
 # Hugging Face name (inside model.layers.N.) -> llama.cpp name (inside blk.N.)
 HF_LAYER = {
@@ -42,7 +42,23 @@ HF_GLOBAL = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "ou
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
 BIASES = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
-CACHE_VERSION = 1
+CACHE_VERSION = 3
+FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate", "ffn_up")}
+
+
+def fuse_layer(p: dict) -> dict:
+    """q|k|v and gate|up stacked into one weight each where their forms agree (model.py splits
+    the product again)."""
+    for name, parts in FUSED.items():
+        f = fuse([p[n] for n in parts])
+        if f is None:
+            continue
+        for n in parts:
+            del p[n]
+        p[name] = f
+        if name == "attn_qkv" and "attn_q.bias" in p:
+            p["attn_qkv.bias"] = torch.cat([p.pop(n + ".bias") for n in parts])
+    return p
 
 
 def hf_to_gguf_names(state: dict[str, Tensor], cfg: FastConfig) -> dict[str, Tensor]:
@@ -81,7 +97,7 @@ def from_state(cfg: FastConfig, state: dict[str, Tensor], dtype: torch.dtype, sl
         for n in BIASES:
             if f"blk.{i}.{n}" in w:
                 p[n] = w[f"blk.{i}.{n}"].float()
-        layers.append(p)
+        layers.append(fuse_layer(p))
     table = w["token_embd"]
     embed = Embedding(table.to(dtype) if dtype != torch.float32 else table.float())
     out = w.get("output", table if cfg.tied else None)
@@ -137,7 +153,7 @@ def from_gguf_file(cfg: FastConfig, path: Path, dtype: torch.dtype, slots: int, 
         for n in BIASES:
             if (x := vec(f"blk.{i}.{n}")) is not None:
                 p[n] = x
-        layers.append(p)
+        layers.append(fuse_layer(p))
     e = t["token_embd.weight"]
     if e.tensor_type.name in ("F32", "F16"):
         embed = Embedding(torch.from_numpy(e.data.astype("float32")).to(dtype))
@@ -152,8 +168,6 @@ def from_gguf_file(cfg: FastConfig, path: Path, dtype: torch.dtype, slots: int, 
 def save_packed(dec: Decoder, path: Path) -> None:
     """All forms' tensors in one safetensors file, the form of each in its metadata; written to
     a temporary file and renamed, so a crash never leaves half a cache."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, Tensor] = {}
     forms: dict[str, str] = {}
 
@@ -175,28 +189,51 @@ def save_packed(dec: Decoder, path: Path) -> None:
             "embed_qtype": "" if dec.embed.qtype is None else dec.embed.qtype.name}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        with os.fdopen(fd, "wb") as f:
+            _write_aligned(tensors, meta, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _write_aligned(tensors: dict[str, Tensor], meta: dict[str, str], f) -> None:
+    """A safetensors file (the format's header + raw bytes) whose every tensor starts on a
+    64-byte boundary, so the memory-mapped views can feed the int kernels directly. Padding is
+    explicit ``__padN`` byte tensors (the format allows no holes) and header spaces."""
+    dtypes = {v: k for k, v in _DTYPES.items()}
+    entries: dict = {}
+    blobs: list[bytes] = []
+    off = 0
+    for i, (name, t) in enumerate(tensors.items()):
+        if (pad := -off % ALIGN):
+            entries[f"__pad{i}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [off, off + pad]}
+            blobs.append(bytes(pad))
+            off += pad
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        entries[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    entries["__metadata__"] = meta
+    header = json.dumps(entries).encode()
+    header += b" " * (-(8 + len(header)) % ALIGN)
+    f.write(len(header).to_bytes(8, "little"))
+    f.write(header)
+    for b in blobs:
+        f.write(b)
+
+
 def load_packed(cfg: FastConfig, path: Path, slots: int, context: int) -> Decoder | None:
     """The cached packed model, memory-mapped; None when the cache is missing or stale."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except (OSError, Exception):  # missing or unreadable: rebuild
+        flat, meta = _mmap_safetensors(Path(path))
+    except (OSError, ValueError, KeyError):  # missing, unreadable or not ours: rebuild
         return None
     if meta.get("version") != str(CACHE_VERSION):
         return None
-    flat = load_file(str(path))
     forms = json.loads(meta["forms"])
     dtype = getattr(torch, meta["dtype"].removeprefix("torch."))
 
@@ -218,6 +255,39 @@ def load_packed(cfg: FastConfig, path: Path, slots: int, context: int) -> Decode
         qtype = gguf.GGMLQuantizationType[meta["embed_qtype"]]
     embed = Embedding(flat["token_embd"], qtype, cfg.dim)
     return Decoder(cfg, embed, layers, get("output_norm"), get("output"), dtype, slots, context)
+
+
+ALIGN = 64
+_DTYPES = {"BF16": torch.bfloat16, "F32": torch.float32, "F16": torch.float16, "U8": torch.uint8,
+           "I8": torch.int8, "I32": torch.int32, "I64": torch.int64}
+
+
+def _mmap_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """Tensors of a safetensors file as views of one copy-on-write memory map: nothing is read
+    until used, pages are shared with the OS file cache, and weights a run never touches (the
+    prefill-only unpacked codes of a short chat) never become resident."""
+    import mmap
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n < (1 << 28):
+            raise ValueError("not a safetensors file")
+        header = json.loads(f.read(n))
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    meta = header.pop("__metadata__", {}) or {}
+    base = 8 + n
+    out = {}
+    for name, h in header.items():
+        a, b = h["data_offsets"]
+        dtype = _DTYPES[h["dtype"]]
+        count = (b - a) // torch.empty((), dtype=dtype).element_size()
+        if count and (base + a) % ALIGN == 0:
+            t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + a)
+        else:  # the int kernels read with aligned vector loads: a misaligned view crashes them
+            t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + a).clone() if count \
+                else torch.empty(0, dtype=dtype)
+        out[name] = t.reshape(h["shape"])
+    return out, meta
 
 
 def cached(build: Callable[[], Decoder], cfg: FastConfig, path: Path | None, slots: int, context: int) -> Decoder:

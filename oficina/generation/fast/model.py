@@ -40,6 +40,7 @@ class Decoder:
         self.cfg, self.embed, self.layers, self.norm, self.output = cfg, embed, layers, norm, output
         self.dtype, self.context = dtype, context
         self.act = ACTS[cfg.family.act]
+        self.qkv = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
         self.scale = math.sqrt(cfg.dim) if cfg.family.embed_scale else 0.0
         # rope tables per layer type: [context, hd] float32, as transformers builds cos/sin
         pos = torch.arange(context, dtype=torch.float32)
@@ -49,8 +50,8 @@ class Decoder:
             emb = torch.cat((freqs, freqs), -1)
             self.rope[t] = (emb.cos(), emb.sin())
         shape = (slots, cfg.kv_heads, context, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(cfg.layers)]  # static KV cache
-        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(cfg.layers)]
+        self.k = [_lazy_zeros(shape, dtype) for _ in range(cfg.layers)]  # static KV cache
+        self.v = [_lazy_zeros(shape, dtype) for _ in range(cfg.layers)]
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         """Prefix reuse: slot ``dst`` starts with the first n cached positions of ``src``."""
@@ -59,9 +60,10 @@ class Decoder:
             vc[dst, :, :n] = vc[src, :, :n]
 
     @torch.inference_mode()
-    def forward(self, tokens: Tensor, slots: Tensor, start: Tensor, last_only: bool = True) -> Tensor:
+    def forward(self, tokens: Tensor, slots: Tensor, start: Tensor, last_only: bool = True,
+                logits: bool = True) -> Tensor | None:
         """tokens [B, T] at positions start[b] + t of slots[b] -> float32 logits [B, V] for the
-        last position (or [B, T, V])."""
+        last position (or [B, T, V]; None with ``logits=False``: only the cache is filled)."""
         cfg = self.cfg
         B, T = tokens.shape
         x = self.embed(tokens)                                                 # [B, T, D] f32
@@ -80,9 +82,13 @@ class Decoder:
         for i, p in enumerate(self.layers):
             kind = cfg.layer_types[i]
             h = rms_norm(x, p["attn_norm"], cfg.eps).to(self.dtype).reshape(B * T, -1)
-            q = _lin(p, "attn_q", h).view(B, T, cfg.heads, cfg.head_dim)
-            k = _lin(p, "attn_k", h).view(B, T, cfg.kv_heads, cfg.head_dim)
-            v = _lin(p, "attn_v", h).view(B, T, cfg.kv_heads, cfg.head_dim)
+            if "attn_qkv" in p:
+                q, k, v = _lin(p, "attn_qkv", h).split(self.qkv, -1)
+            else:
+                q, k, v = _lin(p, "attn_q", h), _lin(p, "attn_k", h), _lin(p, "attn_v", h)
+            q = q.reshape(B, T, cfg.heads, cfg.head_dim)
+            k = k.reshape(B, T, cfg.kv_heads, cfg.head_dim)
+            v = v.reshape(B, T, cfg.kv_heads, cfg.head_dim)
             if cfg.family.qk_norm:
                 q = rms_norm(q, p["attn_q_norm"], cfg.eps)
                 k = rms_norm(k, p["attn_k_norm"], cfg.eps)
@@ -108,11 +114,17 @@ class Decoder:
                 o = rms_norm(o, p["post_attention_norm"], cfg.eps)
             x = x + o.float()
             h = rms_norm(x, p["ffn_norm"], cfg.eps).to(self.dtype).reshape(B * T, -1)
-            m = self.act(_lin(p, "ffn_gate", h)) * _lin(p, "ffn_up", h)
+            if "ffn_gate_up" in p:
+                gate, up = _lin(p, "ffn_gate_up", h).split(cfg.hidden, -1)
+            else:
+                gate, up = _lin(p, "ffn_gate", h), _lin(p, "ffn_up", h)
+            m = self.act(gate) * up
             m = _lin(p, "ffn_down", m).view(B, T, -1)
             if cfg.family.sandwich:
                 m = rms_norm(m, p["post_ffw_norm"], cfg.eps)
             x = x + m.float()
+        if not logits:
+            return None
         if last_only:
             x = x[:, -1:]
         h = rms_norm(x, self.norm, cfg.eps).to(self.dtype)
@@ -120,6 +132,16 @@ class Decoder:
         if cfg.logit_softcap:
             logits = torch.tanh(logits / cfg.logit_softcap) * cfg.logit_softcap
         return logits[:, -1] if last_only else logits
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Zeros whose pages the OS provides only when first written (numpy's calloc; torch.zeros
+    writes every byte): a 4096-token cache costs memory as the sequences grow, not up front."""
+    import numpy as np
+
+    size = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(int(np.prod(shape)) * size, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).reshape(shape)
 
 
 def _lin(p: dict, name: str, x: Tensor) -> Tensor:

@@ -88,11 +88,17 @@ class FastRunner(Runner):
             raise ValueError(f"slot {slot} holds {len(self._ids[slot])} ids, not the prompt's first {start}")
         if len(ids) > self.context_length:
             raise ValueError(f"{len(ids)} tokens do not fit the {self.context_length}-token cache")
-        logits = None
-        for i in range(start, len(ids), self.num_batch):
-            chunk = ids[i:i + self.num_batch]
-            logits = self.dec.forward(torch.tensor([chunk]), torch.tensor([slot]), torch.tensor([i]))[0]
+        # The prompt but its last id fills the cache in chunks; the last id then goes through
+        # the same one-row step as decoding. So a prompt whose prefix is reused (all but the
+        # last id cached) gives the very same logits as the first time: the int kernels (one
+        # row) and dequantize+GEMM (many rows) differ in the last bits, and sampling must not
+        # depend on what happened to be cached.
+        for i in range(start, len(ids) - 1, self.num_batch):
+            chunk = ids[i:min(i + self.num_batch, len(ids) - 1)]
+            self.dec.forward(torch.tensor([chunk]), torch.tensor([slot]), torch.tensor([i]), logits=False)
             self._ids[slot].extend(chunk)
+        logits = self.dec.forward(torch.tensor([ids[-1:]]), torch.tensor([slot]), torch.tensor([len(ids) - 1]))[0]
+        self._ids[slot].append(ids[-1])
         return logits
 
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> Tensor:

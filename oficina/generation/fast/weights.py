@@ -155,6 +155,23 @@ class Int4(Form):
         return cls(t["packed"], t["nibbles"], t["sz"])
 
 
+def fuse(forms: list[Form]) -> Form | None:
+    """One form holding ``forms`` stacked along N (q|k|v, gate|up): one kernel call instead of
+    three or two per layer. None when they are not all the same kind of form."""
+    kinds = {f.name for f in forms}
+    if len(kinds) != 1 or (kinds == {"dense"} and len({f.w.dtype for f in forms}) != 1):
+        return None
+    kind = kinds.pop()
+    if kind == "dense":
+        return Dense(torch.cat([f.w for f in forms]))
+    if kind == "int8":
+        return Int8(torch.cat([f.q for f in forms]), torch.cat([f.scale for f in forms]))
+    nib = torch.cat([f.nibbles for f in forms])
+    codes = torch.stack([nib & 15, nib >> 4], -1).reshape(nib.shape[0], -1)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
+    return Int4(packed, nib, torch.cat([f.sz for f in forms], 1))
+
+
 # -- GGUF tensors -> forms ----------------------------------------------------------------------
 
 def _f16(b: np.ndarray) -> Tensor:
