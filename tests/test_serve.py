@@ -301,7 +301,7 @@ def test_queue_bound_503_and_nothing_leaks(srv):
     ok = [r for r in results if r.status_code == 200]
     assert len(busy) + len(ok) == 112 and len(busy) >= 100 - 12
     assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
-    assert all(r.json()["eval_count"] == 100 for r in ok)
+    assert all(r.json()["done"] and r.json()["done_reason"] in ("stop", "length") for r in ok)   # none lost
     assert srv.wait_idle() == (0, 0)
 
 

@@ -73,12 +73,12 @@ class Job:
 class Scheduler:
     """Drives one runner. ``running`` and ``waiting`` are what /api/ps and the tests read."""
 
-    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model", reuse_prefix: bool = False):
+    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model", reuse_prefix: bool = True):
         self.runner = runner
         self.max_queue = max_queue
-        # Prefix reuse is off by default: with the fast runner (engine 4dddebe), re-acquiring a
-        # released slot whose cache holds the same prompt plus an old answer gives different
-        # greedy text than a fresh prefill (tests/test_serve_real.py repeats a request).
+        # A new request starts from the longest cached prefix of its prompt (a chat's earlier
+        # turns, a shared system prompt); tests/test_serve_real.py repeats a greedy request to
+        # check it answers as a fresh prefill does.
         self.reuse_prefix = reuse_prefix
         self._waiting: collections.deque[Job] = collections.deque()
         self._live: dict[int, tuple[Job, Sequence]] = {}   # slot -> (job, its decoding state)
