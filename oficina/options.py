@@ -64,6 +64,10 @@ PARAMS: tuple[Param, ...] = (
           "random seed; the same seed, options and prompt give the same text (-1 = random)"),
     Param("stop", list, (), None, "text",
           "stop when this text appears (repeatable)"),
+    Param("num_thread", int, 0, _at_least(0), ">= 0",
+          "CPU threads for the matrix products (0 = torch's default: the physical cores)"),
+    Param("num_batch", int, 512, _at_least(1), ">= 1",
+          "prompt tokens processed per step when reading a long prompt"),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
@@ -120,6 +124,8 @@ class Options:
     num_ctx: int = 4096
     seed: int = -1
     stop: tuple[str, ...] = field(default_factory=tuple)
+    num_thread: int = 0
+    num_batch: int = 512
 
     def __post_init__(self) -> None:
         for p in PARAMS:

@@ -81,3 +81,50 @@ def build(family: str, folder: Path, seed: int = 0):
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return model
+
+
+def _decoder_configs(vocab: int) -> dict:
+    """Tiny random configs of each family the fast decoder supports (generation/fast/config.py),
+    each using the family's distinctive parts: GQA, biases, q/k norms, tied embeddings, sandwich
+    norms, sliding-window layers with their own rope base, llama3 rope scaling."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    return {
+        "llama": LlamaConfig(**common, tie_word_embeddings=False),
+        "llama3-rope": LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        "mistral": MistralConfig(**common, sliding_window=None),
+        "qwen2": Qwen2Config(**common, tie_word_embeddings=True),
+        "qwen3": Qwen3Config(**common, head_dim=32, tie_word_embeddings=True),
+        "gemma3": Gemma3TextConfig(**dict(common, num_hidden_layers=3), head_dim=32,
+                                   sliding_window=8, layer_types=["sliding_attention", "sliding_attention",
+                                                                  "full_attention"],
+                                   query_pre_attn_scalar=24, tie_word_embeddings=True),
+    }
+
+
+DECODERS = ("llama", "llama3-rope", "mistral", "qwen2", "qwen3", "gemma3")
+
+
+def build_decoder(family: str, folder: Path | None = None, seed: int = 0):
+    """A tiny random causal LM of a fast-decoder family (saved to ``folder`` when given). Norm
+    weights and biases are randomised too, so the parts the decoder must get right are not
+    hidden by the default ones and zeros."""
+    import transformers
+
+    tok = tokenizer()
+    cfg = _decoder_configs(len(tok))[family]
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.normal_(0, 0.3 if "norm" in name else 0.1).add_(1.0 if "norm" in name and family != "gemma3" else 0.0)
+    if folder is not None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+    return model

@@ -25,15 +25,21 @@ def run(args) -> int | None:
     out.write("\n")
     out.flush()
     if args.verbose:
-        _print_stats(model.last_stats)
+        _print_stats(model.last_stats, model)
     return None
 
 
-def _print_stats(s) -> None:
+def _print_stats(s, model=None) -> None:
     if s is None:
         return
     err = sys.stderr
     rate = lambda n, t: f"{n / t:.2f} tokens/s" if t > 0 else "-"
+    if model is not None and not getattr(model, "_said_runner", False):
+        caps = model.runner.capabilities  # which runner, and why (once)
+        print(f"runner:               {caps.note or caps.name} ({caps.weights}; {caps.dtype})", file=err)
+        model._said_runner = True
+    if s.load_seconds:
+        print(f"load duration:        {s.load_seconds:.3f}s", file=err)
     print(f"prompt eval count:    {s.prompt_tokens} token(s)", file=err)
     print(f"prompt eval duration: {s.prompt_seconds:.3f}s", file=err)
     print(f"prompt eval rate:     {rate(s.prompt_tokens, s.prompt_seconds)}", file=err)
@@ -106,7 +112,7 @@ def _chat_loop(model, args) -> int:
         print("\n")
         history.append({"role": "assistant", "content": "".join(reply)})
         if args.verbose:
-            _print_stats(model.last_stats)
+            _print_stats(model.last_stats, model)
 
 
 def register(sub) -> None:

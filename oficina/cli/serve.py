@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -66,7 +67,10 @@ def serve(args) -> int:
         print(f"API keys required: {len(keys)} configured", flush=True)
     print(ops.describe(), flush=True)
     # uvicorn stops on SIGINT/SIGTERM: no new connections, in-flight requests finish (up to the
-    # graceful timeout), then the lifespan closes every scheduler.
+    # graceful timeout), then the lifespan closes every scheduler. Afterwards it re-raises the
+    # signal to the handlers it found; these make that a clean exit 0 instead of a kill.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
     print("stopped", flush=True)
     return 0

@@ -5,8 +5,12 @@ and RAG call it here."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import torch
 
 from ..errors import OficinaError
 from ..formats.template import render_chat
@@ -36,25 +40,92 @@ def resolve(name: str, registry: Registry | None = None, auto_pull: bool = True)
 
 def load(name: str | Path, registry: Registry | None = None, **options: Any) -> "Model":
     """Load a registry model (pulled on first use if it is in the catalogue), or a local
-    ``.gguf`` file / Hugging Face folder directly."""
+    ``.gguf`` file / Hugging Face folder directly. The transformers model itself is loaded only
+    when something needs it (the fast runner reads the weights on its own)."""
+    t0 = time.perf_counter()
     path = Path(name).expanduser()
     if isinstance(name, Path) or path.exists():
         if not path.exists():
             raise OficinaError(f"no such file or folder: {name}")
-        return Model(load_folder(path), None, Options.from_mapping(options))
-    reg = registry or Registry()
-    entry = resolve(str(name), reg)
-    loaded = load_folder(reg.snapshot(entry), entry.manifest.format, cache=reg.home / "cache")
-    if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)
-        from ..tuning.attach import attach_loaded
+        model = Model(_lazy(path, None, None), None, Options.from_mapping(options))
+    else:
+        reg = registry or Registry()
+        entry = resolve(str(name), reg)
+        snap = reg.snapshot(entry)
+        cache = reg.home / "cache"
+        if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)
+            from ..tuning.attach import attach_loaded
 
-        loaded = attach_loaded(loaded, reg.snapshot(entry) / "adapters")
-    base = Options.from_mapping(entry.manifest.params)
-    return Model(loaded, entry, base.merged(options))
+            loaded = attach_loaded(load_folder(snap, entry.manifest.format, cache=cache), snap / "adapters")
+        else:
+            loaded = _lazy(snap, entry.manifest.format, cache)
+        base = Options.from_mapping(entry.manifest.params)
+        model = Model(loaded, entry, base.merged(options), cache=cache)
+    model.load_seconds = time.perf_counter() - t0
+    return model
+
+
+class LazyLoaded:
+    """A ``Loaded`` whose transformers model is built on first use: the tokenizer, the config
+    and the facts are read now (a second or less), the weights only if a transformers path
+    needs them (scoring, inspection, the fallback runner)."""
+
+    def __init__(self, folder: Path, fmt: str | None, cache: Path | None):
+        from ..models.info import describe
+
+        self.source, self.fmt, self.cache = Path(folder), fmt, cache
+        self.info = describe(self.source, fmt)
+        self.folder = self.source
+        self._model = None
+        self.tokenizer = None
+        self.hf_folder: Path | None = None  # config.json + tokenizer, when they exist on disk
+        if self.info.format == "gguf":
+            from ..models.loader import gguf_cache_folder, gguf_file
+
+            if cache is not None:
+                target = gguf_cache_folder(gguf_file(self.source), cache)
+                if (target / "config.json").is_file():
+                    self.hf_folder = self.folder = target
+        elif (self.source / "config.json").is_file():
+            self.hf_folder = self.source
+        if self.hf_folder is not None:
+            from ..models.loader import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.hf_folder, self.info)
+        else:  # a GGUF seen for the first time: the conversion gives tokenizer and config
+            self._materialize()
+
+    def _materialize(self) -> None:
+        loaded = load_folder(self.source, self.fmt, cache=self.cache)
+        self._model, self.tokenizer, self.folder = loaded.model, loaded.tokenizer, loaded.folder
+        if self.info.format == "gguf" and self.cache is not None:
+            self.hf_folder = loaded.folder
+        elif self.info.format != "gguf":
+            self.hf_folder = self.source
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._materialize()
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+
+def _lazy(folder: Path, fmt: str | None, cache: Path | None):
+    from ..models.info import describe
+
+    info = describe(folder, fmt)
+    if info.kind != "decoder-only":  # encoders are small and always go through transformers
+        return load_folder(folder, fmt, cache=cache, info=info)
+    return LazyLoaded(folder, fmt, cache)
 
 
 class Model:
-    def __init__(self, loaded: Loaded, entry: Entry | None, options: Options):
+    def __init__(self, loaded: Loaded | LazyLoaded, entry: Entry | None, options: Options,
+                 cache: Path | None = None, max_batch: int = 1):
         self.loaded = loaded
         self.entry = entry
         self.options = options
@@ -63,7 +134,11 @@ class Model:
         self.template: str | None = m.template if m else None
         self.messages: list[Message] = list(m.messages) if m else []
         self.last_stats: Stats | None = None
+        self.load_seconds = 0.0      # reported once, with the first answer (Ollama's load_duration)
+        self.cache = cache
+        self.max_batch = max_batch   # sequence slots of the runner (the server asks for more)
         self._engine: Engine | None = None
+        self._runner = None
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -83,25 +158,50 @@ class Model:
         return self.template or getattr(self.tokenizer, "chat_template", None)
 
     @property
-    def engine(self) -> Engine:
+    def runner(self):
+        """The ``Runner`` generation goes through: fast when the architecture, weights and
+        adapters allow, else transformers; ``runner.capabilities.note`` says why."""
         if self.info.kind != "decoder-only":
             raise OficinaError(f"{self.info.architecture} is an {self.info.kind} model; text "
                                f"generation needs a decoder-only model")
+        if self._runner is None:
+            from .choose import choose_runner
+
+            self._runner = choose_runner(self)
+        return self._runner
+
+    @property
+    def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.loaded.model, self.tokenizer, self._eos_ids(),
-                                  self.info.context_length)
+            runner = self.runner
+            self._engine = Engine(runner, self.tokenizer, self._eos_ids(), runner.context_length
+                                  or self.info.context_length)
         return self._engine
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
-        for src in (getattr(self.loaded.model, "generation_config", None), self.loaded.model.config):
-            eos = getattr(src, "eos_token_id", None)
+        for src in self._configs():
+            eos = src.get("eos_token_id")
             ids |= set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         vocab = self.tokenizer.get_vocab()
         ids |= {vocab[t] for t in END_OF_TURN if t in vocab}
         return sorted(ids)
+
+    def _configs(self) -> list[dict]:
+        """config.json and generation_config.json as dicts, without loading the weights."""
+        loaded = self.loaded
+        if getattr(loaded, "hf_folder", None) is not None and not getattr(loaded, "loaded", True):
+            out = []
+            for name in ("generation_config.json", "config.json"):
+                f = loaded.hf_folder / name
+                if f.is_file():
+                    out.append(json.loads(f.read_text()))
+            return out
+        m = loaded.model
+        gen = getattr(m, "generation_config", None)
+        return [c.to_dict() for c in (gen, m.config) if c is not None]
 
     # -- prompts --------------------------------------------------------------------------------
     def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> list[int]:
@@ -155,8 +255,12 @@ class Model:
 
     def _run(self, ids: list[int], opts: Options) -> Iterator[str]:
         engine = self.engine
+        if opts.num_thread > 0:
+            torch.set_num_threads(opts.num_thread)
+        engine.runner.num_batch = opts.num_batch
         for item in engine.stream(ids, opts, keep=self._keep(ids)):
             if isinstance(item, Stats):
+                item.load_seconds, self.load_seconds = self.load_seconds, 0.0
                 self.last_stats = item
                 if item.truncated:
                     reporter().warn(item.truncated)

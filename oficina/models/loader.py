@@ -79,6 +79,18 @@ def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, *
     return model, tokenizer
 
 
+def load_tokenizer(folder: Path, info: ModelInfo | None = None):
+    """The tokenizer of a Hugging Face folder alone (no weights)."""
+    import transformers
+
+    _quiet_transformers()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"cannot load the tokenizer from {Path(folder).name}: {first}") from None
+
+
 def _from_packed(folder: Path, info: ModelInfo, dtype):
     """A folder ``oficina quantize`` packed (int8/int4 linears, or fp16/bf16): it keeps its own
     precision, whatever ``dtype`` asks (oficina.quant.torch_quant)."""
@@ -93,11 +105,22 @@ def _from_packed(folder: Path, info: ModelInfo, dtype):
     return model.to(device()), tokenizer
 
 
-def _load_gguf_cached(gguf: Path, info: ModelInfo, dtype, cache: Path) -> Loaded:
+def gguf_file(folder: Path) -> Path:
+    folder = Path(folder)
+    return sorted(folder.glob("*.gguf"))[0] if folder.is_dir() else folder
+
+
+def gguf_cache_folder(gguf: Path, cache: Path) -> Path:
+    """Where the Hugging Face form (config, tokenizer, weights) of a GGUF file is cached; it is
+    complete when it has a config.json."""
     from ..registry.store import sha256_file
 
     key = gguf.resolve().name.removeprefix("sha256-") if gguf.is_symlink() else sha256_file(gguf)[7:]
-    target = Path(cache) / f"gguf-{key[:32]}"
+    return Path(cache) / f"gguf-{key[:32]}"
+
+
+def _load_gguf_cached(gguf: Path, info: ModelInfo, dtype, cache: Path) -> Loaded:
+    target = gguf_cache_folder(gguf, cache)
     hf_info = replace(info, format="hf")
     if (target / "config.json").is_file():
         model, tokenizer = _from_pretrained(target, hf_info, dtype)

@@ -12,14 +12,22 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
-from ..errors import FormatError, InvalidOptions, ModelfileError, ModelNotFound, OficinaError, RegistryError
+from ..errors import (
+    FormatError,
+    InvalidOptions,
+    ModelfileError,
+    ModelNotFound,
+    OficinaError,
+    RegistryError,
+)
 from .auth import PUBLIC, Denied, Key, Policy
 from .compat import ollama, openai
 from .native import BadRequest, Server

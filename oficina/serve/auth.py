@@ -21,9 +21,10 @@ import math
 import secrets
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from ..errors import OficinaError
 

@@ -18,8 +18,9 @@ import json
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import torch
 
@@ -171,7 +172,7 @@ def _render(model, msgs: list[dict], req: GenerateRequest) -> list[int]:
 
 # -- tool calls ---------------------------------------------------------------------------------
 
-_TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 def parse_tool_calls(text: str, tools: list[dict] | None) -> tuple[str, list[dict]]:

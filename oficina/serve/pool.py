@@ -11,9 +11,10 @@ import asyncio
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import OficinaError
 from ..registry.registry import Registry
@@ -52,11 +53,19 @@ def model_bytes(torch_model) -> int:
 
 
 def open_runner(model, slots: int):
-    """The runner the scheduler drives for ``model`` (an ``api.Model``), with ``slots``
-    sequences live at once."""
-    from ..generation.hf_runner import TransformersRunner
+    """The runner the scheduler drives for ``model`` (an ``api.Model``) with ``slots`` sequences
+    live at once: the library's choice (the fast batched decoder when the architecture allows,
+    transformers otherwise; ``capabilities.note`` says which and why)."""
+    model.max_batch = slots
+    return model.runner
 
-    return TransformersRunner(model.torch_model, model._eos_ids(), model.info.context_length, max_batch=slots)
+
+def resident_bytes(model) -> int:
+    """Memory the model's weights take: the torch module when one is loaded, else the files
+    (the fast runner keeps GGUF weights packed, about their size on disk)."""
+    if getattr(model.loaded, "loaded", True):
+        return model_bytes(model.torch_model)
+    return model.entry.manifest.size if model.entry else 0
 
 
 @dataclass
@@ -143,7 +152,7 @@ class Pool:
         if model.info.kind == "decoder-only":
             runner = self.runner_factory(model, self.slots)
             scheduler = Scheduler(runner, self.max_queue, name=entry.name)
-        return Served(entry.name, entry.digest, model, model_bytes(model.torch_model),
+        return Served(entry.name, entry.digest, model, resident_bytes(model),
                       time.perf_counter() - t0, scheduler)
 
     async def _fit_budget(self, incoming: int, keep: str) -> None:

@@ -20,8 +20,9 @@ import asyncio
 import collections
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import OficinaError
 from ..generation.runner import Runner, SlotsFull
@@ -72,9 +73,13 @@ class Job:
 class Scheduler:
     """Drives one runner. ``running`` and ``waiting`` are what /api/ps and the tests read."""
 
-    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model"):
+    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model", reuse_prefix: bool = True):
         self.runner = runner
         self.max_queue = max_queue
+        # A new request starts from the longest cached prefix of its prompt (a chat's earlier
+        # turns, a shared system prompt); tests/test_serve_real.py repeats a greedy request to
+        # check it answers as a fresh prefill does.
+        self.reuse_prefix = reuse_prefix
         self._waiting: collections.deque[Job] = collections.deque()
         self._live: dict[int, tuple[Job, Sequence]] = {}   # slot -> (job, its decoding state)
         self._cv = threading.Condition()
@@ -179,13 +184,14 @@ class Scheduler:
                 job.emit(Failed(e))
                 continue
             try:
-                slot, reused = self.runner.acquire(seq.prompt)
+                slot, reused = self.runner.acquire(seq.prompt if self.reuse_prefix else ())
             except SlotsFull:
                 with self._cv:
                     self._waiting.appendleft(job)
                 return
             job.started_at = time.monotonic()
             self._live[slot] = (job, seq)
+            reused = reused if self.reuse_prefix else 0
             try:
                 seq.start(self.runner.prefill(slot, seq.prompt, reused), job, reused)
             except Exception as e:

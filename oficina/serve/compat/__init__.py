@@ -26,3 +26,23 @@ def field(body: dict, name: str, kinds: type | tuple[type, ...], default: Any = 
         wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
         raise BadRequest(f"{name} must be {wanted}, got {type(value).__name__}")
     return value
+
+
+async def unless_disconnected(request, awaitable, every: float = 0.25):
+    """Await ``awaitable`` (a whole non-streamed answer) but give up as soon as the client has
+    gone: cancelling it closes the native generator, which frees the slot at the next step.
+    (Streamed answers need no watcher: Starlette cancels a stream whose client went away.)"""
+    import asyncio
+
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise BadRequest("client disconnected")   # answered to nobody; not a crash
+    finally:
+        if not task.done():
+            task.cancel()

@@ -10,17 +10,23 @@ import asyncio
 import json
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
 from ... import __version__
 from ...errors import ModelNotFound, OficinaError
 from .. import native
 from ..native import NS, BadRequest, Delta, GenerateRequest, Result
-from . import field
+from . import field, unless_disconnected
 
 
 def error_body(status: int, message: str) -> dict:
@@ -77,7 +83,7 @@ async def _answer(call, req: GenerateRequest, stream: bool, shape) -> Response:
     one object. Errors before the first line become an error status; later ones an error line."""
     events = native.generate(call.server, req)
     if not stream:
-        result = await native.collect(events)
+        result = await unless_disconnected(call.request, native.collect(events))
         return JSONResponse(shape(result.text, result))
     first = await _first(events)
 
@@ -232,13 +238,16 @@ async def show(call) -> Response:
 
 async def ps(call) -> Response:
     pool = call.server.pool
+    loaded = list(pool.loaded.values())
+    entries = await asyncio.to_thread(lambda: [pool.registry().find(s.name) for s in loaded])
     rows = []
-    for s in list(pool.loaded.values()):
-        entry = await asyncio.to_thread(lambda: pool.registry().find(s.name))
+    for s, entry in zip(loaded, entries):
         row = _model_row(entry) if entry else {"name": s.name, "model": s.name}
-        expires = s.expires_at
-        row.update(size=s.size, size_vram=0,
-                   expires_at=_now(expires) if expires else ("0001-01-01T00:00:00Z" if s.active == 0 and s.keep_alive is None else _now(time.time() + (s.keep_alive or 0))),
+        if s.keep_alive is None:
+            expires = "0001-01-01T00:00:00Z"          # Ollama's zero time: kept until unloaded
+        else:                                       # busy: the clock starts when it goes idle
+            expires = _now(s.expires_at or time.time() + s.keep_alive)
+        row.update(size=s.size, size_vram=0, expires_at=expires,
                    running=s.scheduler.running if s.scheduler else s.active,
                    waiting=s.scheduler.waiting if s.scheduler else 0)
         rows.append(row)

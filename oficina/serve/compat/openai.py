@@ -13,14 +13,15 @@ import json
 import struct
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ...errors import OficinaError
 from .. import native
 from ..native import BadRequest, Delta, GenerateRequest, Result, forced_tool_schema
-from . import field
+from . import field, unless_disconnected
 
 FINISH = {"stop": "stop", "length": "length", "timeout": "length"}
 UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "audio", "prediction", "suffix", "echo", "best_of")
@@ -219,9 +220,13 @@ async def _respond(call, body: dict, route: str, chat: bool) -> Response:
     if not stream:
         texts: dict[int, str] = {}
         results: dict[int, Result] = {}
-        async for i, ev in _run_n(call, reqs):
-            if isinstance(ev, Result):
-                results[i] = ev
+
+        async def gather() -> None:
+            async for i, ev in _run_n(call, reqs):
+                if isinstance(ev, Result):
+                    results[i] = ev
+
+        await unless_disconnected(call.request, gather())
         choices = []
         for i in range(len(reqs)):
             r = results[i]

@@ -1,0 +1,150 @@
+"""``FastRunner``: the Runner over our own decoder (``model.Decoder``) and its static KV cache."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..runner import Capabilities, Runner, SlotsFull
+from .config import FAMILIES
+from .model import Decoder
+from .weights import Form
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix products run at full speed (oneDNN). Elsewhere torch
+    emulates bf16 and float32 is faster."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def weights_summary(dec: Decoder) -> str:
+    counts: dict[str, int] = {}
+    for p in dec.layers:
+        for v in p.values():
+            if isinstance(v, Form):
+                counts[v.name] = counts.get(v.name, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" linears; output {dec.output.name}"
+
+
+class FastRunner(Runner):
+    def __init__(self, dec: Decoder, eos_ids: Sequence[int] = (), num_batch: int = 512, note: str | None = None):
+        self.dec = dec
+        self.vocab_size = dec.cfg.vocab_size
+        self.context_length = dec.context
+        self.eos_ids = frozenset(int(i) for i in eos_ids)
+        self.num_batch = max(1, int(num_batch))
+        slots = dec.k[0].shape[0]
+        self.capabilities = Capabilities(
+            "fast", slots, str(dec.dtype).removeprefix("torch."),
+            architectures=tuple(sorted(FAMILIES)), adapters=("lora (merged)", "ia3 (merged)"),
+            weights=weights_summary(dec), note=note)
+        self._ids: list[list[int]] = [[] for _ in range(slots)]
+        self._live = [False] * slots
+
+    # -- slots ----------------------------------------------------------------------------------
+    def acquire(self, ids: Sequence[int] = ()) -> tuple[int, int]:
+        free = [s for s in range(len(self._live)) if not self._live[s]]
+        if not free:
+            raise SlotsFull(f"all {len(self._live)} sequence slots are in use")
+        ids = list(ids)
+        want = ids[:-1]  # leave at least one id to prefill, so there are logits to return
+        # the longest cached prefix in any slot, live or not (live slots' caches are read-only here)
+        src, n = None, 0
+        for s in range(len(self._live)):
+            k = _common(self._ids[s], want)
+            if k > n:
+                src, n = s, k
+        slot = src if src in free else max(free, key=lambda s: _common(self._ids[s], want))
+        self._live[slot] = True
+        if n and src != slot:
+            self.dec.copy_prefix(src, slot, n)
+            self._ids[slot] = self._ids[src][:n]
+        else:
+            n = _common(self._ids[slot], want)
+            self._ids[slot] = self._ids[slot][:n]
+        return slot, n
+
+    def release(self, slot: int) -> None:
+        self._live[slot] = False
+
+    def length(self, slot: int) -> int:
+        return len(self._ids[slot])
+
+    # -- forward --------------------------------------------------------------------------------
+    def prefill(self, slot: int, ids: Sequence[int], start: int = 0) -> Tensor:
+        ids = [int(i) for i in ids]
+        if self._ids[slot] != ids[:start] or start >= len(ids):
+            raise ValueError(f"slot {slot} holds {len(self._ids[slot])} ids, not the prompt's first {start}")
+        if len(ids) > self.context_length:
+            raise ValueError(f"{len(ids)} tokens do not fit the {self.context_length}-token cache")
+        # The prompt but its last id fills the cache in chunks; the last id then goes through
+        # the same one-row step as decoding. So a prompt whose prefix is reused (all but the
+        # last id cached) gives the very same logits as the first time: the int kernels (one
+        # row) and dequantize+GEMM (many rows) differ in the last bits, and sampling must not
+        # depend on what happened to be cached.
+        for i in range(start, len(ids) - 1, self.num_batch):
+            chunk = ids[i:min(i + self.num_batch, len(ids) - 1)]
+            self.dec.forward(torch.tensor([chunk]), torch.tensor([slot]), torch.tensor([i]), logits=False)
+            self._ids[slot].extend(chunk)
+        logits = self.dec.forward(torch.tensor([ids[-1:]]), torch.tensor([slot]), torch.tensor([len(ids) - 1]))[0]
+        self._ids[slot].append(ids[-1])
+        return logits
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> Tensor:
+        start = [len(self._ids[s]) for s in slots]
+        if max(start) >= self.context_length:
+            raise ValueError("a sequence reached the end of its cache (num_ctx)")
+        out = self.dec.forward(torch.tensor([[int(t)] for t in tokens]), torch.tensor(list(slots)),
+                               torch.tensor(start))
+        for s, t in zip(slots, tokens):
+            self._ids[s].append(int(t))
+        return out
+
+    def score(self, ids: Sequence[int], start: int = 1) -> Tensor:
+        """Run ``ids`` in chunks through a free slot (its cached ids are replaced by these) and
+        keep the logits of every position."""
+        slot, _ = self.acquire([])
+        try:
+            self._ids[slot] = []
+            ids = [int(i) for i in ids]
+            rows = []
+            for i in range(0, len(ids), self.num_batch):
+                chunk = ids[i:i + self.num_batch]
+                rows.append(self.dec.forward(torch.tensor([chunk]), torch.tensor([slot]),
+                                             torch.tensor([i]), last_only=False)[0])
+                self._ids[slot].extend(chunk)
+            logits = torch.cat(rows)[start - 1:-1]
+            target = torch.tensor(ids[start:])
+            return torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]
+        finally:
+            self.release(slot)
+
+    def logits(self, ids: Sequence[int]) -> Tensor:
+        slot, n = self.acquire(ids)
+        try:
+            return self.prefill(slot, ids, n)
+        finally:
+            self.release(slot)
+
+    def close(self) -> None:
+        self.dec.k = self.dec.v = []
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

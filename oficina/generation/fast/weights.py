@@ -1,0 +1,272 @@
+"""Packed weight forms and the readers that fill them (GGUF tensors, Hugging Face safetensors).
+
+Three forms, each one class registered by name (``FORMS``), each with the real PyTorch kernel
+for one decoded token and a dequantize for prefill chunks (the int kernels are matrix-*vector*
+kernels: at 512 rows of input, a bf16 GEMM on the dequantized weight is ~10x faster here):
+
+- ``int4``: 4-bit codes in groups of 32 along K, ``w = (q - 8) * scale + zero`` (torch's
+  ``_weight_int4pack_mm_for_cpu`` convention), scales and zeros in bf16;
+- ``int8``: per-output-channel int8, ``w = q * scale`` (``_weight_int8pack_mm``);
+- ``dense``: bf16 or float32 (``F.linear``).
+
+Per GGUF type (llama.cpp ggml-quants.c layouts, gguf-py ``quants.py``):
+
+| GGUF | form | exactness |
+|---|---|---|
+| Q4_0 | int4 | codes exact; scale ``d`` rounded fp16 -> bf16 (relative error <= 2^-9) |
+| Q4_1 | int4 | codes exact; ``d*q + m`` = ``(q-8)*d + (m+8d)``, both rounded to bf16 |
+| Q4_K | int4 | codes exact; sub-block scale ``d*sc`` and zero ``8*d*sc - dmin*m`` rounded to bf16 |
+| F16, BF16, F32 | dense bf16 (float32 when asked) | BF16/F32-as-F32 exact, otherwise rounded to bf16 |
+| anything else (Q8_0, Q5_0, Q5_1, Q6_K, ...) | int8 per channel | measured: dequantized, then re-quantized to 8 bits per output channel |
+
+bf16 scales are forced by the kernels: on this CPU ``_weight_int4pack_mm_for_cpu`` and
+``_weight_int8pack_mm`` run ~30x slower with float32 or float16 activations (their reference
+loops) than with bf16 (measured, 1536x576, 1 thread: 4.5 ms vs 0.14 ms).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GROUP = 32
+PREFILL_ROWS = 16  # from this many input rows on, dequantize + GEMM beats the int kernels
+
+
+class Form:
+    """One linear weight ``[N, K]`` held packed; ``x [M, K] -> [M, N]`` in x's dtype."""
+
+    name: str
+    shape: tuple[int, int]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
+FORMS: dict[str, type[Form]] = {}
+
+
+def _register(cls):
+    FORMS[cls.name] = cls
+    return cls
+
+
+@_register
+class Dense(Form):
+    name = "dense"
+
+    def __init__(self, w: Tensor):
+        self.w = w.contiguous()
+        self.shape = tuple(w.shape)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.linear(x.to(self.w.dtype), self.w)
+
+    def dequantize(self, dtype=torch.bfloat16) -> Tensor:
+        return self.w.to(dtype)
+
+    def tensors(self):
+        return {"w": self.w}
+
+    @classmethod
+    def load(cls, t: dict[str, Tensor]):
+        return cls(t["w"])
+
+
+@_register
+class Int8(Form):
+    name = "int8"
+
+    def __init__(self, q: Tensor, scale: Tensor):
+        self.q, self.scale = q.contiguous(), scale.contiguous()   # [N, K] int8, [N] bf16
+        self.shape = tuple(q.shape)
+
+    @classmethod
+    def quantize(cls, w: Tensor) -> "Int8":
+        """Symmetric per-channel int8 of float rows ``w [N, K]``."""
+        w = w.float()
+        scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(q, scale.to(torch.bfloat16))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape[0] >= PREFILL_ROWS:
+            return F.linear(x, self.dequantize(x.dtype))
+        return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale.to(x.dtype))
+
+    def dequantize(self, dtype=torch.bfloat16) -> Tensor:
+        return self.q.to(dtype) * self.scale.to(dtype)[:, None]
+
+    def tensors(self):
+        return {"q": self.q, "scale": self.scale}
+
+    @classmethod
+    def load(cls, t):
+        return cls(t["q"], t["scale"])
+
+
+@_register
+class Int4(Form):
+    name = "int4"
+
+    def __init__(self, packed: Tensor, nibbles: Tensor, sz: Tensor):
+        self.packed = packed            # torch's CPU int4 tile layout (opaque), [N, K/2] uint8
+        self.nibbles = nibbles          # [N, K/2] uint8: code 2i in the low, 2i+1 in the high half
+        self.sz = sz.contiguous()       # [K/32, N, 2] bf16: scale, zero
+        self.shape = (nibbles.shape[0], nibbles.shape[1] * 2)
+
+    @classmethod
+    def from_codes(cls, q: Tensor, scale: Tensor, zero: Tensor) -> "Int4":
+        """``q [N, K]`` codes 0..15, ``scale, zero [N, K/32]`` float32: w = (q-8)*scale + zero."""
+        q = q.to(torch.uint8)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 2)
+        nibbles = q[:, 0::2] | (q[:, 1::2] << 4)
+        sz = torch.stack([scale, zero], -1).transpose(0, 1).to(torch.bfloat16)
+        return cls(packed, nibbles.contiguous(), sz)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape[0] >= PREFILL_ROWS or x.dtype != torch.bfloat16:
+            return F.linear(x, self.dequantize(x.dtype))
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.sz)
+
+    def dequantize(self, dtype=torch.bfloat16) -> Tensor:
+        n, k = self.shape
+        q = torch.stack([self.nibbles & 15, self.nibbles >> 4], -1).reshape(n, k // GROUP, GROUP)
+        scale, zero = self.sz[..., 0].t(), self.sz[..., 1].t()                # [N, K/32]
+        w = (q.to(dtype) - 8) * scale.to(dtype)[..., None] + zero.to(dtype)[..., None]
+        return w.reshape(n, k)
+
+    def tensors(self):
+        return {"packed": self.packed, "nibbles": self.nibbles, "sz": self.sz}
+
+    @classmethod
+    def load(cls, t):
+        return cls(t["packed"], t["nibbles"], t["sz"])
+
+
+def fuse(forms: list[Form]) -> Form | None:
+    """One form holding ``forms`` stacked along N (q|k|v, gate|up): one kernel call instead of
+    three or two per layer. None when they are not all the same kind of form."""
+    kinds = {f.name for f in forms}
+    if len(kinds) != 1 or (kinds == {"dense"} and len({f.w.dtype for f in forms}) != 1):
+        return None
+    kind = kinds.pop()
+    if kind == "dense":
+        return Dense(torch.cat([f.w for f in forms]))
+    if kind == "int8":
+        return Int8(torch.cat([f.q for f in forms]), torch.cat([f.scale for f in forms]))
+    nib = torch.cat([f.nibbles for f in forms])
+    codes = torch.stack([nib & 15, nib >> 4], -1).reshape(nib.shape[0], -1)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
+    return Int4(packed, nib, torch.cat([f.sz for f in forms], 1))
+
+
+# -- GGUF tensors -> forms ----------------------------------------------------------------------
+
+def _f16(b: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(b).view(np.float16).astype(np.float32))[..., 0]
+
+
+def _q4_0(data: np.ndarray, n: int, k: int):
+    b = data.reshape(n, k // 32, 18)
+    d = _f16(b[..., 0:2])
+    qs = torch.from_numpy(np.ascontiguousarray(b[..., 2:]))
+    q = torch.cat([qs & 15, qs >> 4], -1).reshape(n, k)
+    return q, d, torch.zeros_like(d)
+
+
+def _q4_1(data: np.ndarray, n: int, k: int):
+    b = data.reshape(n, k // 32, 20)
+    d, m = _f16(b[..., 0:2]), _f16(b[..., 2:4])
+    qs = torch.from_numpy(np.ascontiguousarray(b[..., 4:]))
+    q = torch.cat([qs & 15, qs >> 4], -1).reshape(n, k)
+    return q, d, m + 8 * d
+
+
+def _q4_k(data: np.ndarray, n: int, k: int):
+    from gguf.quants import Q4_K
+
+    nb = n * (k // 256)
+    b = data.reshape(nb, 144)
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = Q4_K.get_scale_min(np.ascontiguousarray(b[:, 4:16]))
+    qs = torch.from_numpy(np.ascontiguousarray(b[:, 16:])).reshape(nb, 4, 1, 32)
+    q = torch.cat([qs & 15, qs >> 4], 2).reshape(n, k)          # sub-block 2j low, 2j+1 high nibbles
+    scale = d[:, None] * torch.from_numpy(sc.astype(np.float32))             # [nb, 8]
+    zero = 8 * scale - dmin[:, None] * torch.from_numpy(mn.astype(np.float32))
+    return q, scale.reshape(n, k // 32), zero.reshape(n, k // 32)
+
+
+INT4_READERS: dict[str, Callable] = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q4_K": _q4_k}
+
+
+def dequantize_rows(data: np.ndarray, qtype) -> Tensor:
+    """float32 rows of any GGUF tensor (gguf-py's reference dequantization)."""
+    from gguf.quants import dequantize
+
+    return torch.from_numpy(np.ascontiguousarray(dequantize(np.asarray(data), qtype), dtype=np.float32))
+
+
+def from_gguf(tensor, dtype: torch.dtype, perm: Tensor | None = None, chunk: int = 8192) -> Form:
+    """A GGUF linear tensor (gguf-py ``ReaderTensor``, ggml shape [K, N]) as a packed form.
+    ``perm`` reorders output rows (undoing llama.cpp's q/k permutation). Row chunks keep the
+    float32 transient of a re-quantized tensor small."""
+    k, n = int(tensor.shape[0]), int(tensor.shape[1])
+    kind = tensor.tensor_type.name
+    data = np.asarray(tensor.data)  # a plain view: numpy's memmap subclass is slow to slice
+    if kind in INT4_READERS and k % GROUP == 0 and dtype == torch.bfloat16:
+        q, scale, zero = INT4_READERS[kind](data, n, k)
+        if perm is not None:
+            q, scale, zero = q[perm], scale[perm], zero[perm]
+        return Int4.from_codes(q, scale, zero)
+    if kind in ("F32", "F16"):
+        w = torch.from_numpy(data.astype(np.float32)).reshape(n, k)
+        return Dense((w[perm] if perm is not None else w).to(dtype))
+    if kind == "BF16" or dtype == torch.float32:
+        w = torch.cat([dequantize_rows(data[i:i + chunk], tensor.tensor_type) for i in range(0, n, chunk)])
+        w = w.reshape(n, k)
+        return Dense((w[perm] if perm is not None else w).to(dtype))
+    parts = [Int8.quantize(dequantize_rows(data[i:i + chunk], tensor.tensor_type).reshape(-1, k))
+             for i in range(0, n, chunk)]
+    q, s = torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts])
+    if perm is not None:
+        q, s = q[perm], s[perm]
+    return Int8(q, s)
+
+
+def qk_perm(n_head: int, rows: int) -> Tensor:
+    """Undo llama.cpp's ``LlamaModel.permute`` of q/k rows (convert_hf_to_gguf.py): GGUF row
+    ``h*hd + 2i + j`` is Hugging Face row ``h*hd + j*hd/2 + i``, so rope can stay one layout."""
+    hd = rows // n_head
+    return torch.arange(rows).reshape(n_head, hd // 2, 2).transpose(1, 2).reshape(rows)
+
+
+class Embedding:
+    """Token embeddings: looked up by id, never dequantized whole. GGUF rows stay in their
+    quantized blocks (exact dequantization of just the rows asked for); dense ones are a table."""
+
+    def __init__(self, table: Tensor, qtype=None, dim: int = 0):
+        self.table, self.qtype = table, qtype        # [V, D] float, or [V, bytes] uint8 blocks
+        self.dim = dim or int(table.shape[1])
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        rows = self.table[ids.reshape(-1)]
+        if self.qtype is None:
+            out = rows.float()
+        else:
+            out = dequantize_rows(rows.numpy(), self.qtype).reshape(-1, self.dim)
+        return out.reshape(*ids.shape, self.dim)
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        return self(torch.arange(start, stop))
