@@ -158,33 +158,34 @@ def _spread(xs):
 
 # -- 3. prefix reuse --------------------------------------------------------------------------------
 def bench_prefix(args, out):
-    from oficina.generation.hf_runner import TransformersRunner
     from oficina.serve.pool import open_runner
 
-    class NoReuse(TransformersRunner):
-        """The same runner with prefix reuse off: every prompt is prefilled from zero."""
-
-        def acquire(self, ids=()):
-            slot, _ = super().acquire(())      # no ids to match: a fresh cache
-            return slot, 0
-
     def no_reuse(model, slots):
+        """The server's own runner with prefix reuse off: every prompt is prefilled from zero."""
         r = open_runner(model, slots)
-        r.__class__ = NoReuse
+        acquire = r.acquire
+        r.acquire = lambda ids=(): (acquire(())[0], 0)     # no ids to match: nothing reused
         return r
 
-    rows = {}
-    for label, factory in (("reuse", None), ("no reuse", no_reuse)):
-        with _server(None, runner_factory=factory, slots=2) as url:
-            messages, ttfts, sizes = [], [], []
-            for turn in TURNS[: args.turns]:
-                messages.append({"role": "user", "content": turn})
-                ttft, _, pieces, final = _stream(url, {"model": args.model, "messages": messages,
-                                                        "options": {"temperature": 0, "num_predict": args.tokens}})
-                messages.append({"role": "assistant", "content": "".join(pieces)})
-                ttfts.append(ttft)
-                sizes.append(final["prompt_eval_count"])
-            rows[label] = (ttfts, sizes)
+    # both servers up at once, turn by turn (so drifting machine load hits both alike); both get
+    # the same conversation: the reuse server's answers are appended for the next turn
+    rows = {"reuse": ([], []), "no reuse": ([], [])}
+    with _server(None, slots=2) as on, _server(None, runner_factory=no_reuse, slots=2) as off:
+        for url in (on, off):       # load the model (and its chat template's system prompt) first
+            _stream(url, {"model": args.model, "messages": [{"role": "user", "content": "Hello."}],
+                          "options": {"temperature": 0, "num_predict": 2}})
+        messages = []
+        for turn in TURNS[: args.turns]:
+            messages.append({"role": "user", "content": turn})
+            body = {"model": args.model, "messages": messages,
+                    "options": {"temperature": 0, "num_predict": args.tokens}}
+            ttft, _, pieces, final = _stream(on, body)
+            rows["reuse"][0].append(ttft)
+            rows["reuse"][1].append(final["prompt_eval_count"])
+            ttft_off, _, _, final_off = _stream(off, body)
+            rows["no reuse"][0].append(ttft_off)
+            rows["no reuse"][1].append(final_off["prompt_eval_count"])
+            messages.append({"role": "assistant", "content": "".join(pieces)})
     out.append(f"## prefix reuse: time to first token over a {args.turns}-turn chat (temperature 0, "
                f"{args.tokens}-token answers)\n")
     out.append("| turn | prompt tokens | TTFT with reuse | TTFT without |")
