@@ -226,13 +226,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     out = [f"# bench_operate ({args.model}, {args.threads} threads; load average before: "
-           f"{open('/proc/loadavg').read().split()[:3]})\n"]
+           f"{Path('/proc/loadavg').read_text().split()[:3]})\n"]
     for name, fn in PARTS.items():
         if args.part in (name, "all"):
             fn(args, out)
             print("\n".join(out), flush=True)
             out = []
-    print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
+    print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
 if __name__ == "__main__":
