@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48, help="max_tokens per request")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=float, default=300, help="seconds allowed per level")
+    ap.add_argument("--slots", type=int, default=8, help="oficina serve --slots (its default)")
     ap.add_argument("--skip-llama", action="store_true")
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
@@ -138,7 +139,7 @@ def main() -> None:
     procs = []
     try:
         p1 = free_port()
-        ofc = subprocess.Popen([sys.executable, "-m", "oficina", "serve", "--port", str(p1), "--slots", str(max(levels)),
+        ofc = subprocess.Popen([sys.executable, "-m", "oficina", "serve", "--port", str(p1), "--slots", str(args.slots),
                                 "--max-queue", "64"], env=env, stdout=subprocess.DEVNULL, stderr=log("oficina"))
         procs.append(ofc)
         servers = [("oficina serve", f"http://127.0.0.1:{p1}/v1", "smollm2")]
@@ -175,7 +176,7 @@ def main() -> None:
                 p.kill()
     load = " ".join(open("/proc/loadavg").read().split()[:3])
     lines = [f"streaming chat, smollm2 Q4_1 GGUF, {args.tokens} max tokens per request, {args.threads} threads, "
-             f"greedy; load average at the end {load} (2 shared cores)",
+             f"greedy, oficina --slots {args.slots}; load average at the end {load} (2 shared cores)",
              f"{'server':<26} {'clients':>7} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'ITL p50':>8} {'ITL p95':>8}"]
     for name, n, r in rows:
         if r is None:
