@@ -53,11 +53,15 @@ def _server(ops=None, runner_factory=None, slots: int = 4):
     return serving(create_app(Server(pool), operations=ops))
 
 
+_client = httpx.Client(timeout=600)   # one keep-alive client, as real clients use (a new httpx.Client
+                                      # per call builds an SSL context: tens of ms that are not the server's)
+
+
 def _stream(url: str, body: dict) -> tuple[float, float, list[str], dict]:
     """(seconds to first content, total seconds, pieces, final line) of one streamed chat."""
     t0 = time.perf_counter()
     first, pieces, final = None, [], {}
-    with httpx.stream("POST", url + "/api/chat", json=body, timeout=600) as r:
+    with _client.stream("POST", url + "/api/chat", json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.strip():
@@ -79,11 +83,14 @@ def _pct(xs, q):
 
 # -- 1. the response cache -----------------------------------------------------------------------
 def bench_cache(args, out):
-    from oficina.serve.operate import Operations
+    from servers import free_port, start_upstream, stop
 
     with tempfile.TemporaryDirectory() as tmp:
-        ops = Operations(tmp, log=False)
-        with _server(ops) as url:
+        # the server in its own process, as users run it: the client here shares no GIL with it
+        port = free_port()
+        proc = start_upstream(_home(), port, ops_home=Path(tmp), cache=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
             body = {"model": args.model, "messages": [{"role": "user", "content": QUESTION}],
                     "options": {"temperature": 0, "num_predict": args.tokens}}
             miss_ttft, miss_total, pieces, final = _stream(url, body)
@@ -95,11 +102,13 @@ def bench_cache(args, out):
                 inside.append(fin["total_duration"] / 1e9)     # the server's own clock
                 identical &= again == pieces and fin["eval_count"] == final["eval_count"]
                 t0 = time.perf_counter()
-                r = httpx.post(url + "/api/chat", json={**body, "stream": False}, timeout=60)
+                r = _client.post(url + "/api/chat", json={**body, "stream": False})
                 plain.append(time.perf_counter() - t0)
                 identical &= r.json()["message"]["content"] == "".join(pieces) \
                     and r.headers["x-oficina-cache"] == "hit"
-    out.append("## response cache (loopback, /api/chat)\n")
+        finally:
+            stop(proc)
+    out.append("## response cache (a server process on loopback, /api/chat)\n")
     out.append(f"original answer: {len(pieces)} chunks, {final['eval_count']} tokens, "
                f"{miss_total * 1000:.0f} ms (first token {miss_ttft * 1000:.0f} ms)")
     out.append(f"cache hit, streamed:     p50 {_pct(streamed, 50) * 1000:.1f} ms, p95 {_pct(streamed, 95) * 1000:.1f} ms "
@@ -158,33 +167,34 @@ def _spread(xs):
 
 # -- 3. prefix reuse --------------------------------------------------------------------------------
 def bench_prefix(args, out):
-    from oficina.generation.hf_runner import TransformersRunner
     from oficina.serve.pool import open_runner
 
-    class NoReuse(TransformersRunner):
-        """The same runner with prefix reuse off: every prompt is prefilled from zero."""
-
-        def acquire(self, ids=()):
-            slot, _ = super().acquire(())      # no ids to match: a fresh cache
-            return slot, 0
-
     def no_reuse(model, slots):
+        """The server's own runner with prefix reuse off: every prompt is prefilled from zero."""
         r = open_runner(model, slots)
-        r.__class__ = NoReuse
+        acquire = r.acquire
+        r.acquire = lambda ids=(): (acquire(())[0], 0)     # no ids to match: nothing reused
         return r
 
-    rows = {}
-    for label, factory in (("reuse", None), ("no reuse", no_reuse)):
-        with _server(None, runner_factory=factory, slots=2) as url:
-            messages, ttfts, sizes = [], [], []
-            for turn in TURNS[: args.turns]:
-                messages.append({"role": "user", "content": turn})
-                ttft, _, pieces, final = _stream(url, {"model": args.model, "messages": messages,
-                                                        "options": {"temperature": 0, "num_predict": args.tokens}})
-                messages.append({"role": "assistant", "content": "".join(pieces)})
-                ttfts.append(ttft)
-                sizes.append(final["prompt_eval_count"])
-            rows[label] = (ttfts, sizes)
+    # both servers up at once, turn by turn (so drifting machine load hits both alike); both get
+    # the same conversation: the reuse server's answers are appended for the next turn
+    rows = {"reuse": ([], []), "no reuse": ([], [])}
+    with _server(None, slots=2) as on, _server(None, runner_factory=no_reuse, slots=2) as off:
+        for url in (on, off):       # load the model (and its chat template's system prompt) first
+            _stream(url, {"model": args.model, "messages": [{"role": "user", "content": "Hello."}],
+                          "options": {"temperature": 0, "num_predict": 2}})
+        messages = []
+        for turn in TURNS[: args.turns]:
+            messages.append({"role": "user", "content": turn})
+            body = {"model": args.model, "messages": messages,
+                    "options": {"temperature": 0, "num_predict": args.tokens}}
+            ttft, _, pieces, final = _stream(on, body)
+            rows["reuse"][0].append(ttft)
+            rows["reuse"][1].append(final["prompt_eval_count"])
+            ttft_off, _, _, final_off = _stream(off, body)
+            rows["no reuse"][0].append(ttft_off)
+            rows["no reuse"][1].append(final_off["prompt_eval_count"])
+            messages.append({"role": "assistant", "content": "".join(pieces)})
     out.append(f"## prefix reuse: time to first token over a {args.turns}-turn chat (temperature 0, "
                f"{args.tokens}-token answers)\n")
     out.append("| turn | prompt tokens | TTFT with reuse | TTFT without |")
@@ -216,13 +226,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     out = [f"# bench_operate ({args.model}, {args.threads} threads; load average before: "
-           f"{open('/proc/loadavg').read().split()[:3]})\n"]
+           f"{Path('/proc/loadavg').read_text().split()[:3]})\n"]
     for name, fn in PARTS.items():
         if args.part in (name, "all"):
             fn(args, out)
             print("\n".join(out), flush=True)
             out = []
-    print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
+    print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
 
 
 if __name__ == "__main__":

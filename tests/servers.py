@@ -24,7 +24,9 @@ from oficina.serve.native import Server
 from oficina.serve.operate import Operations
 from oficina.serve.pool import Pool
 home, port = sys.argv[1], int(sys.argv[2])
-app = create_app(Server(Pool(home, slots=2)), operations=Operations(home, cache=False))
+ops_home = sys.argv[3] if len(sys.argv) > 3 else home      # where its log and cache go
+cache = len(sys.argv) > 4 and sys.argv[4] == "cache"
+app = create_app(Server(Pool(home, slots=2)), operations=Operations(ops_home, cache=cache))
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
 
@@ -58,12 +60,13 @@ def serving(app):
         sock.close()
 
 
-def start_upstream(home: Path, port: int) -> subprocess.Popen:
+def start_upstream(home: Path, port: int, ops_home: Path | None = None, cache: bool = False) -> subprocess.Popen:
     import oficina
 
     root = str(Path(oficina.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(home), str(port)], env=env,
+    p = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(home), str(port), str(ops_home or home),
+                          "cache" if cache else "no-cache"], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -57,7 +57,7 @@ def front(upstream, tmp_path_factory):
 
 
 def test_a_remote_model_answers_through_every_generation_route(front, upstream):
-    url, ops = front
+    url, _ = front
     direct = ollama.Client(host=upstream["url"]).chat(model="tiny", messages=MESSAGES, options=OPTS)
     client = ollama.Client(host=url)
     r = client.chat(model="far", messages=MESSAGES, options={"temperature": 0})

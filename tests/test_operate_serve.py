@@ -72,7 +72,7 @@ def _ndjson(url: str, body: dict) -> tuple[httpx.Headers, list[dict]]:
 
 
 def test_a_cache_hit_streams_like_the_original(served):
-    url, ops = served
+    url, _ = served
     body = {**CHAT, "messages": [{"role": "user", "content": "The dog slept on"}]}
     h1, first = _ndjson(url, body)
     h2, again = _ndjson(url, body)

@@ -91,7 +91,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/embeddings", openai.embeddings, "inference", openai),
     Route("GET", "/v1/models", openai.models, "read", openai),
     Route("GET", "/v1/models/{model:path}", openai.model, "read", openai),
-    Route("GET", "/metrics", metrics_route, "read", ollama),
+    Route("GET", "/metrics", metrics_route, "read", openai),   # errors in the structured (OpenAI) shape
 )
 
 

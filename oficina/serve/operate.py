@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,7 @@ class Operations:
             ticket.priced = True
         entry = self._entry(record)
         times = r.token_times
-        self.metrics.observe(entry, [b - a for a, b in zip(times, times[1:])], self.currency)
+        self.metrics.observe(entry, [b - a for a, b in itertools.pairwise(times)], self.currency)
         if not r.cached:
             self.metrics.prefix(record.model, r.prompt_tokens, r.reused_tokens)
         if self.log is not None:
