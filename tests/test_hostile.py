@@ -25,7 +25,8 @@ POWER = "{{ 10 ** (10 ** 10) }}"  # Jinja groups ** from the left
 DOUBLING = ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
             "{% endfor %}{{ ns.s }}")
 HOSTILE_TEMPLATES = {"nested range": NESTED_RANGE, "power": POWER, "doubling": DOUBLING,
-                     "repeat": "{{ 'a' * 10 ** 12 }}", "pad": "{{ 'x'.ljust(10 ** 11) }}",
+                     # sizes a machine can allocate (a terabyte would fail fast with MemoryError)
+                     "repeat": "{{ 'a' * 5 * 10 ** 8 }}", "pad": "{{ 'x'.ljust(5 * 10 ** 8) }}",
                      "plus": "{% set ns = namespace(s=[1]) %}{% for i in range(64) %}"
                              "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}"}
 
