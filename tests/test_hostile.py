@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny
 
 from oficina.errors import FormatError, OficinaError
 from oficina.formats import template as tpl
-
-import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
@@ -26,7 +25,8 @@ POWER = "{{ 10 ** (10 ** 10) }}"  # Jinja groups ** from the left
 DOUBLING = ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
             "{% endfor %}{{ ns.s }}")
 HOSTILE_TEMPLATES = {"nested range": NESTED_RANGE, "power": POWER, "doubling": DOUBLING,
-                     "repeat": "{{ 'a' * 10 ** 12 }}", "pad": "{{ 'x'.ljust(10 ** 11) }}",
+                     # sizes a machine can allocate (a terabyte would fail fast with MemoryError)
+                     "repeat": "{{ 'a' * 5 * 10 ** 8 }}", "pad": "{{ 'x'.ljust(5 * 10 ** 8) }}",
                      "plus": "{% set ns = namespace(s=[1]) %}{% for i in range(64) %}"
                              "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}"}
 
@@ -34,7 +34,7 @@ HOSTILE_TEMPLATES = {"nested range": NESTED_RANGE, "power": POWER, "doubling": D
 def oficina(*args, home: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OFICINA_HOME": str(home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "oficina", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "oficina", *args], check=False, capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
 
 
@@ -72,10 +72,10 @@ def test_hostile_template_is_stopped_by_the_budget(name, tok):
 
 def test_budgeted_renderer_matches_transformers(tok):
     """The sandbox with budgets renders what apply_chat_template renders."""
-    for template in (tiny.CHAT_TEMPLATE,
-                     "{{ bos_token }}{% for m in messages %}{{ m.role | upper }}: {{ m.content | tojson }}"
-                     "{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
-                     "\nASSISTANT:{% endif %}{{ '-' * 3 }}{{ 2 ** 10 }}{{ 'a' ~ 'b' }}"):
+    busy = ("{{ bos_token }}{% for m in messages %}{{ m.role | upper }}: {{ m.content | tojson }}"
+            "{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+            "\nASSISTANT:{% endif %}{{ '-' * 3 }}{{ 2 ** 10 }}{{ 'a' ~ 'b' }}")
+    for template in (tiny.CHAT_TEMPLATE, busy):
         for msgs in (MSGS, MSGS[1:]):
             assert tpl.render_chat(template, msgs, tok) == tok.apply_chat_template(
                 msgs, chat_template=template, tokenize=False, add_generation_prompt=True)
@@ -150,7 +150,8 @@ def test_jsonl_keeps_raw_unicode_line_separators(tmp_path):
     prefs = [{"prompt": odd, "chosen": "yes\u2028", "rejected": "no"}]
     assert pairs.read(_jsonl_with_separators(tmp_path / "prefs.jsonl", prefs)).records[0].fields["prompt"] == odd
 
-    raw = open(ROOT / "oficina/data/eval/gen.jsonl", encoding="utf-8").readline()
+    with open(ROOT / "oficina/data/eval/gen.jsonl", encoding="utf-8") as f:
+        raw = f.readline()
     item = json.loads(raw)
     item = {k: (v + "\u2028" if isinstance(v, str) else v) for k, v in item.items()}
     items = read_jsonl(_jsonl_with_separators(tmp_path / "gen.jsonl", [item]), check_item)
@@ -333,7 +334,7 @@ def test_config_nested_100000_deep(llama_dir, tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="a small tmpfs needs Linux namespaces")
 def test_disk_full_while_writing_a_blob(tmp_path):
     """A real full disk: a 1 MiB tmpfs in a private mount namespace (unshare -rm)."""
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    probe = subprocess.run(["unshare", "-rm", "true"], check=False, capture_output=True)
     if probe.returncode != 0:
         pytest.skip("unshare -rm is not allowed here")
     mnt, big = tmp_path / "mnt", write_gguf(tmp_path / "big.gguf")
@@ -360,7 +361,7 @@ except Exception as e:
 left = sorted(os.listdir(reg.blobs.dir))
 print('RESULT', rc1, rc2, left)
 """
-    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", script], capture_output=True, text=True,
+    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", script], check=False, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "RESULT 1 1 []" in proc.stdout, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
