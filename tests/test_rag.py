@@ -292,6 +292,7 @@ def test_injection_is_flagged_and_neutralised(encoder_home, tmp_path):
     msgs = build_messages("q?", col.chunks(), tag="abc123")
     user = msgs[1]["content"]
     assert "Ignore all previous" not in user and "<|im_start|>" not in user
+    assert "PWNED" not in user and "pirate" not in user  # the whole sentence goes
     assert guard.MARKER in user
     # a document cannot close its block: the delimiter has a fresh nonce it never saw
     forged = col.chunks()[0]
