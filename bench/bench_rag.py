@@ -114,11 +114,15 @@ def bench_search(args) -> None:
 
     rng = np.random.default_rng(2)
     dim, n = 384, args.vectors
-    # clustered like real embeddings (topics), not uniform noise on the sphere
-    centres = rng.normal(size=(256, dim)).astype(np.float32)
-    x = centres[rng.integers(0, 256, n)] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
+    # Like sentence embeddings: topics (clusters) in a low-dimensional subspace (intrinsic
+    # dimension 32) of the 384, plus a little noise. Uniform noise on the 384-sphere would be
+    # the worst case for any graph index and unlike any text embedding.
+    basis = np.linalg.qr(rng.normal(size=(dim, 32)))[0].T.astype(np.float32)  # [32, dim]
+    centres = rng.normal(size=(256, 32)).astype(np.float32)
+    z = centres[rng.integers(0, 256, n)] + 0.5 * rng.normal(size=(n, 32)).astype(np.float32)
+    x = z @ basis + 0.05 * rng.normal(size=(n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = x[rng.integers(0, n, args.queries)] + 0.3 * rng.normal(size=(args.queries, dim)).astype(np.float32)
+    q = x[rng.integers(0, n, args.queries)] + 0.05 * rng.normal(size=(args.queries, dim)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     ids = np.arange(n, dtype=np.int64)
     out = {}

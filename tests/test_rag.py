@@ -292,6 +292,7 @@ def test_injection_is_flagged_and_neutralised(encoder_home, tmp_path):
     msgs = build_messages("q?", col.chunks(), tag="abc123")
     user = msgs[1]["content"]
     assert "Ignore all previous" not in user and "<|im_start|>" not in user
+    assert "PWNED" not in user and "pirate" not in user  # the whole sentence goes
     assert guard.MARKER in user
     # a document cannot close its block: the delimiter has a fresh nonce it never saw
     forged = col.chunks()[0]
@@ -352,3 +353,31 @@ def test_minilm_vectors_match_sentence_transformers(real_registry):
     st = SentenceTransformer(str(enc.model.loaded.folder), device="cpu")
     np.testing.assert_allclose(enc.encode(texts), st.encode(texts, batch_size=64), atol=1e-5, rtol=0)
     assert enc.info.window == 256 and enc.info.spec.normalize
+
+
+def test_rerank_orders_by_the_cross_encoders_scores(encoder_home, tmp_path):
+    """A tiny random cross-encoder (one-label BertForSequenceClassification): the order must be
+    the one its logits give. No trained cross-encoder is available here."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    reg = encoder_home
+    torch.manual_seed(0)
+    tok = tiny.tokenizer()
+    ce = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, num_labels=1)).eval()
+    ce.save_pretrained(tmp_path / "ce")
+    tok.save_pretrained(tmp_path / "ce")
+    pull(reg, str(tmp_path / "ce"), "ce")
+    _create(reg)
+    C.ingest("c", [_docs(tmp_path / "docs", 6)], registry=reg)
+    col = Collection("c", reg)
+    q = "cat number 3"
+    hits = retrieve(col, q, 5, rerank="ce").hits
+    with torch.no_grad():
+        enc = tok([q] * len(hits), [h.text for h in hits], padding=True, return_tensors="pt")
+        expect = ce(**enc).logits[:, 0].tolist()
+    assert [h.rank_score for h in hits] == pytest.approx(sorted(expect, reverse=True), abs=1e-5)
+    with pytest.raises(OficinaError, match="labels|cross-encoder"):
+        retrieve(col, q, 2, rerank="enc")
