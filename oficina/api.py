@@ -50,7 +50,8 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
         return Model(load_folder(path), None, Options.from_mapping(options))
     reg = registry or Registry()
     entry = resolve(str(name), reg)
-    loaded = load_folder(reg.snapshot(entry), entry.manifest.format, cache=reg.home / "cache")
+    loaded = load_folder(reg.snapshot(entry), entry.manifest.format, cache=reg.home / "cache",
+                         label=entry.ref)
     if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)
         from .tuning.attach import attach_loaded
 

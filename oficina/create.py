@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import FormatError, ModelfileError, OficinaError
-from .formats.template import go_to_jinja, is_go_template
+from .errors import FormatError, InvalidOptions, ModelfileError, OficinaError
+from .formats.template import compile_template, go_to_jinja, is_go_template
 from .modelfile import Modelfile, parse_file
 from .options import Options, validate_mapping
 from .registry.manifest import FileRef, Manifest
@@ -43,23 +43,50 @@ def _base(reg: Registry, source: str, base_dir: Path) -> tuple[Manifest, str | N
                    adapters=list(entry.manifest.adapters)), entry.ref
 
 
-def _adapter_files(reg: Registry, source: str, base_dir: Path, index: int) -> list[FileRef]:
-    path = (base_dir / Path(source).expanduser()).resolve()
+_ADAPTER_KINDS = "a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) or a .gguf LoRA"
+
+
+def _adapter_files(reg: Registry, source: str, base_dir: Path, index: int, base_info) -> list[FileRef]:
+    """The files of one ADAPTER, checked now (a bad adapter would otherwise be accepted here and
+    crash ``run``): its kind, its links, its weights and their shapes against the base."""
+    from .registry.sources import inside
+    from .tuning.attach import check_adapter
+
+    given = base_dir / Path(source).expanduser()
+    path = given.resolve()
     if path.is_file() and path.suffix == ".gguf":
         from .formats.gguf import read_header
 
         read_header(path)
         files = [(f"{index}/adapter.gguf", path)]
     elif path.is_dir():
-        needed = ["adapter_config.json"]
         weights = sorted(path.glob("adapter_model*.safetensors"))
         if not (path / "adapter_config.json").is_file() or not weights:
-            raise FormatError(f"ADAPTER {source}: expected a PEFT adapter folder "
-                              f"(adapter_config.json + adapter_model.safetensors) or a .gguf LoRA")
-        files = [(f"{index}/{n}", path / n) for n in needed] + [(f"{index}/{w.name}", w) for w in weights]
+            raise FormatError(f"{source} is not an adapter: expected {_ADAPTER_KINDS}")
+        inside(path, [(n, path / n) for n in ("adapter_config.json", *(w.name for w in weights))])
+        check_adapter(path, base_info, source)
+        files = [(f"{index}/adapter_config.json", path / "adapter_config.json")] + \
+                [(f"{index}/{w.name}", w) for w in weights]
+    elif path.exists():
+        raise FormatError(f"{source} is not an adapter: it is a {'file' if path.is_file() else 'special file'}, "
+                          f"expected {_ADAPTER_KINDS}")
     else:
-        raise OficinaError(f"ADAPTER {source}: no such file or folder")
+        raise OficinaError(f"{source}: no such file or folder")
     return store_files(reg, files)
+
+
+def _at(mf: Modelfile, cmd: str, index: int, error: OficinaError) -> ModelfileError:
+    """``error`` (found after parsing) as a ModelfileError naming the instruction's line."""
+    if isinstance(error, ModelfileError):
+        return error
+    message = str(error)
+    return ModelfileError(mf.line_of(cmd, index), message if message.startswith(cmd) else f"{cmd}: {message}")
+
+
+def _check_template(template: str) -> None:
+    """A TEMPLATE must translate (Go) and compile (Jinja) now, not fail at run time."""
+    jinja = go_to_jinja(template) if is_go_template(template) else template
+    compile_template(jinja)
 
 
 def create(reg: Registry, name: str, modelfile: Path, quantize: str | None = None) -> Entry:
@@ -68,16 +95,33 @@ def create(reg: Registry, name: str, modelfile: Path, quantize: str | None = Non
     mf = parse_file(modelfile)
     if not mf.from_:
         raise ModelfileError(1, "no FROM line")
+    # what can be checked without the base: before anything is written
+    for i, pair in enumerate(mf.parameters):
+        try:
+            Options.from_pairs([pair])
+        except InvalidOptions as e:
+            raise _at(mf, "PARAMETER", i, e) from None
+    if mf.template is not None:
+        try:
+            _check_template(mf.template)
+        except FormatError as e:
+            raise _at(mf, "TEMPLATE", -1, e) from None
+    with reg.writing():
+        return _create(reg, name, mf, Path(modelfile), quantize)
+
+
+def _create(reg: Registry, name: str, mf: Modelfile, modelfile: Path, quantize: str | None) -> Entry:
     base_dir = Path(modelfile).resolve().parent
     manifest, parent = _base(reg, mf.from_, base_dir)
 
     if mf.parameters:
         new = Options.from_pairs(mf.parameters).to_dict()
         given = {k for k, _ in mf.parameters}
-        manifest.params = validate_mapping({**manifest.params, **{k: new[k] for k in given}})
+        try:
+            manifest.params = validate_mapping({**manifest.params, **{k: new[k] for k in given}})
+        except InvalidOptions as e:
+            raise _at(mf, "PARAMETER", -1, e) from None
     if mf.template is not None:
-        if is_go_template(mf.template):
-            go_to_jinja(mf.template)  # refuse untranslatable templates now, not at run time
         manifest.template = mf.template
     if mf.system is not None:
         manifest.system = mf.system
@@ -86,8 +130,15 @@ def create(reg: Registry, name: str, modelfile: Path, quantize: str | None = Non
     if mf.license:
         manifest.license = list(mf.license)
     if mf.adapters:
-        manifest.adapters = [f for i, a in enumerate(mf.adapters)
-                             for f in _adapter_files(reg, a, base_dir, i)]
+        from .models.info import describe
+
+        base_info = describe(reg.snapshot_for(manifest), manifest.format)
+        manifest.adapters = []
+        for i, a in enumerate(mf.adapters):
+            try:
+                manifest.adapters += _adapter_files(reg, a, base_dir, i, base_info)
+            except OficinaError as e:
+                raise _at(mf, "ADAPTER", i, e) from None
     producer = {"op": "create", "source": mf.from_, "modelfile": Path(modelfile).read_text(errors="replace")}
     if quantize:
         from .quant.convert import gguf_manifest

@@ -63,6 +63,14 @@ class Modelfile:
     messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content)
     license: list[str] = field(default_factory=list)
     extra: list[tuple[str, str]] = field(default_factory=list)  # (one of EXTRA, value)
+    # instruction -> the line of each of its values, in order (for errors found after parsing:
+    # a PARAMETER value, a TEMPLATE that does not translate, an ADAPTER that is not one)
+    lines: dict[str, list[int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, cmd: str, index: int = -1) -> int:
+        """The line of the ``index``-th ``cmd`` value (0 when the Modelfile was not parsed)."""
+        found = self.lines.get(cmd.upper(), [])
+        return found[index] if -len(found) <= index < len(found) else 0
 
     def to_text(self) -> str:
         """The Modelfile as text, in Ollama's order (``Model.String`` in server/images.go)."""
@@ -157,6 +165,7 @@ def _read_value(text: str, start: int, end: int, nxt: int, line: int) -> tuple[s
 
 
 def _apply(m: Modelfile, cmd: str, key: str, value: str, line: int) -> None:
+    m.lines.setdefault(cmd, []).append(line)
     if cmd == "FROM":
         if not value:
             raise ModelfileError(line, "FROM needs a model name or path")

@@ -8,6 +8,7 @@ with ``where = "path:line"`` for the caller's own checks to cite.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Iterator
@@ -24,9 +25,17 @@ def decode(path: Path, raw: bytes) -> str:
         raise FormatError(f"{path}:{line}: not valid UTF-8") from None
 
 
+def lines(text: str) -> list[str]:
+    """``text`` split into lines at ``\n`` (a ``\r`` before it dropped), the way every record
+    reader here counts lines. Not ``str.splitlines()``: it also breaks at U+2028, U+2029, U+0085
+    and other characters that JSON allows raw inside strings (RFC 8259 section 7), which scraped
+    text is full of, and its line numbers would disagree with an editor's."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def jsonl(path: Path, text: str) -> Iterator[tuple[dict, str]]:
     """One JSON object per line; blank lines are skipped."""
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -40,7 +49,8 @@ def jsonl(path: Path, text: str) -> Iterator[tuple[dict, str]]:
 
 def csv_rows(path: Path, text: str) -> Iterator[tuple[dict, str]]:
     """A header row naming the fields, then one record per row; blank rows are skipped."""
-    reader = csv.DictReader(text.splitlines())
+    # csv splits rows itself (at \n, \r\n, \r; a quoted field may hold line breaks)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames:
         return
     header = [f.strip() for f in reader.fieldnames]

@@ -8,6 +8,7 @@ Config key names differ between families; the alias table below says where each 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -116,6 +117,63 @@ def _type_summary(tensors: list[tuple[str, tuple[int, ...], str]]) -> tuple[dict
     return quant, main
 
 
+# GGUF keys (after "{arch}.") that hold a count, one per model or one per layer (gguf docs).
+_GGUF_COUNTS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
+                "attention.head_count", "attention.head_count_kv", "attention.key_length",
+                "attention.value_length", "vocab_size", "expert_count", "expert_used_count")
+# tokenizer arrays -> the GGUF item type each must have (gguf docs, "Tokenizer"; llama-vocab.cpp)
+_GGUF_TOKENIZER_ARRAYS = {"tokenizer.ggml.tokens": "STRING", "tokenizer.ggml.scores": "FLOAT32",
+                          "tokenizer.ggml.token_type": "INT32", "tokenizer.ggml.merges": "STRING"}
+# tokenizer.ggml.model -> arrays it cannot work without (what transformers' GGUF converters read)
+_GGUF_TOKENIZER_NEEDS = {"llama": ("tokenizer.ggml.scores",), "t5": ("tokenizer.ggml.scores",),
+                         "gpt2": ("tokenizer.ggml.merges",)}
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_gguf_metadata(h, arch: str) -> None:
+    """The metadata transformers and our own code use, with the types the spec gives it: a
+    hostile file with ``embedding_length = "4096"`` or tokens that are numbers is refused here
+    with a sentence, not with a TypeError deep inside a converter."""
+    name = h.path.name
+    for k in _GGUF_COUNTS:
+        v = h.get(f"{arch}.{k}")
+        if v is None:
+            continue
+        if isinstance(v, list) and v and all(_is_count(x) for x in v):
+            continue
+        if not _is_count(v):
+            raise FormatError(f"{name}: {arch}.{k} must be a non-negative integer, not "
+                              f"{type(v).__name__} {str(v)[:40]!r}")
+    tokens = h.get("tokenizer.ggml.tokens")
+    lengths = {}
+    for k, item in _GGUF_TOKENIZER_ARRAYS.items():
+        v = h.get(k)
+        if v is None:
+            continue
+        got = v.type_name if hasattr(v, "type_name") else (
+            "STRING" if all(isinstance(x, str) for x in v) else
+            "INT32" if all(isinstance(x, int) and not isinstance(x, bool) for x in v) else
+            "FLOAT32" if all(isinstance(x, float) for x in v) else "mixed") if isinstance(v, list) else type(v).__name__
+        ok = got == item or (item == "FLOAT32" and got in ("FLOAT32", "FLOAT64")) or (
+            item == "INT32" and got in ("INT32", "UINT32", "INT8", "UINT8", "INT16", "INT64")) or (
+            isinstance(v, list) and not v)
+        if not ok:
+            raise FormatError(f"{name}: {k} must be an array of {item.lower()} items, not {got.lower()}")
+        lengths[k] = v.length if hasattr(v, "length") else len(v)
+    n = lengths.get("tokenizer.ggml.tokens")
+    for k in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        if k in lengths and n is not None and lengths[k] != n:
+            raise FormatError(f"{name}: {k} has {lengths[k]} entries for {n} tokens")
+    model = h.get("tokenizer.ggml.model")
+    if tokens is not None:
+        for k in _GGUF_TOKENIZER_NEEDS.get(model, ()):
+            if h.get(k) is None:
+                raise FormatError(f"{name}: a {model!r} tokenizer needs {k}, which the file lacks")
+
+
 def _describe_gguf(path: Path) -> ModelInfo:
     from ..formats.gguf import read_header
 
@@ -123,6 +181,7 @@ def _describe_gguf(path: Path) -> ModelInfo:
     arch = h.get("general.architecture")
     if not isinstance(arch, str):
         raise FormatError(f"{path.name}: GGUF has no general.architecture")
+    _check_gguf_metadata(h, arch)
 
     def key(k: str, default=None):
         return h.get(f"{arch}.{k}", default)
@@ -173,13 +232,8 @@ def _first_int(v):
 def _describe_hf(folder: Path) -> ModelInfo:
     from safetensors import safe_open
 
-    cfg_path = folder / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{cfg_path}: cannot read config.json ({e})") from None
-    if not isinstance(cfg, dict):
-        raise FormatError(f"{cfg_path}: config.json is not an object")
+    cfg = read_json(folder / "config.json")
+    refuse_remote_code(folder, cfg)
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
 
     def get(concept: str):
@@ -239,6 +293,58 @@ def _describe_hf(folder: Path) -> ModelInfo:
         file_size=size, chat_template=chat, license=None, tensors=tensors)
 
 
+MAX_JSON_DEPTH = 64  # real configs nest 3-4 levels; Python's json recurses once per level
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a model folder, or FormatError: unreadable, not JSON, not an object,
+    or nested so deep (``[[[[...``) that parsing it would exhaust the interpreter's stack."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    depth = _max_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise FormatError(f"{path}: nested {depth:,} levels deep (a model config nests a few); not read")
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _max_depth(text: str) -> int:
+    """How deep ``[`` / ``{`` nest, outside strings (one linear scan with re, no recursion)."""
+    depth = deepest = 0
+    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def refuse_remote_code(folder: Path, cfg: dict) -> None:
+    """``auto_map`` names Python files shipped with the model that transformers would import
+    (and, on a terminal, stop to ask "[y/N]" about). oficina never runs code from model files."""
+    for name, data in (("config.json", cfg), ("tokenizer_config.json", None)):
+        if data is None:
+            p = folder / name
+            if not p.is_file():
+                continue
+            data = read_json(p)
+        if data.get("auto_map"):
+            classes = ", ".join(sorted({str(v).split(".")[-1] if isinstance(v, str) else str(v)
+                                        for v in (data["auto_map"].values()
+                                                  if isinstance(data["auto_map"], dict) else [data["auto_map"]])}))[:120]
+            raise FormatError(f"{folder.name}: {name} asks to run the model's own Python code "
+                              f"(auto_map: {classes}); oficina does not run code from model files")
+
+
 def _tokenizer_has_template(folder: Path) -> bool:
     p = folder / "tokenizer_config.json"
     if not p.is_file():
@@ -247,3 +353,50 @@ def _tokenizer_has_template(folder: Path) -> bool:
         return bool(json.loads(p.read_text()).get("chat_template"))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+# A layer index in a tensor name: GGUF "blk.3.", HF "layers.3." / "layer.3." (BERT) / "h.3."
+# (GPT-2) / "block.3." (T5)
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:blk|layers?|h|block)\.(\d+)\.")
+
+
+def declared_parameters(info: ModelInfo) -> int:
+    """A lower bound on the parameters the header or config describes: per layer at least the
+    attention's query and output projections (2·d²) and a two-matrix feed-forward (2·d·ffn),
+    plus the token embeddings. Every architecture here has at least these."""
+    d = info.embedding_length or 0
+    return (info.layers or 0) * (2 * d * d + 2 * d * (info.feed_forward_length or 0)) + (info.vocab_size or 0) * d
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get now (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_loadable(info: ModelInfo, label: str) -> None:
+    """Refuse, before anything is built, a model whose header or config describes more than its
+    files hold (transformers would allocate and initialise every declared layer: a 3 KB GGUF
+    saying ``block_count = 100000`` runs for hours) or more than this machine's memory."""
+    found = {int(m.group(1)) for name, _, _ in info.tensors if (m := _LAYER_INDEX.search(name))}
+    present = max(found) + 1 if found else 0
+    if info.layers and found and info.layers > present:
+        raise FormatError(f"{label}: declares {info.layers:,} layers but its weights hold {present}; "
+                          f"the file does not hold the model it describes")
+    declared = declared_parameters(info)
+    if declared > 2 * info.parameters + 1_000_000:
+        raise FormatError(f"{label}: its {'header' if info.format == 'gguf' else 'config.json'} describes "
+                          f"at least {declared:,} parameters but its weights hold {info.parameters:,}")
+    need, free = info.parameters * 4, available_memory()  # loaded as float32
+    if free is not None and need > free:
+        raise FormatError(f"{label}: loading it needs about {need / 1e9:.1f} GB of memory and "
+                          f"{free / 1e9:.1f} GB is available")

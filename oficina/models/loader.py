@@ -20,7 +20,7 @@ import torch
 
 from ..errors import FormatError
 from ..report import reporter
-from .info import ModelInfo, describe
+from .info import ModelInfo, check_loadable, describe
 
 # kind -> the transformers Auto class that holds it
 AUTO_CLASSES = {
@@ -43,40 +43,62 @@ def device() -> torch.device:
 
 
 def load_folder(folder: Path, fmt: str | None = None, dtype: torch.dtype | None = None,
-                info: ModelInfo | None = None, cache: Path | None = None) -> Loaded:
+                info: ModelInfo | None = None, cache: Path | None = None,
+                label: str | None = None) -> Loaded:
     """Load a model folder (or .gguf file). With ``cache``, a GGUF model is converted once into
     a Hugging Face folder there (config, tokenizer, dequantized safetensors): reading GGUF
     metadata through gguf-py and transformers costs ~20 s for a 135M model, the cached folder
-    under a second."""
+    under a second. ``label`` names the model in errors (a registry name, not its snapshot)."""
     folder = Path(folder)
+    label = label or folder.name
     info = info or describe(folder, fmt)
+    check_loadable(info, label)
     if info.format == "gguf":
         gguf = sorted(folder.glob("*.gguf"))[0] if folder.is_dir() else folder
         if cache is not None:
-            return _load_gguf_cached(gguf, info, dtype, cache)
-        model, tokenizer = _from_pretrained(gguf.parent, info, dtype, gguf_file=gguf.name)
+            return _load_gguf_cached(gguf, info, dtype, cache, label)
+        model, tokenizer = _from_pretrained(gguf.parent, info, dtype, label, gguf_file=gguf.name)
     else:
         from ..quant.torch_quant import is_packed
 
-        load = _from_packed if is_packed(folder) else _from_pretrained
-        model, tokenizer = load(folder, info, dtype)
+        if is_packed(folder):
+            model, tokenizer = _from_packed(folder, info, dtype)
+        else:
+            model, tokenizer = _from_pretrained(folder, info, dtype, label)
     return Loaded(model, tokenizer, info, folder)
 
 
-def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, **kwargs):
+def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, label: str, **kwargs):
     import transformers
 
     auto = getattr(transformers, AUTO_CLASSES[info.kind])
     _quiet_transformers()
     try:
         with no_tqdm():
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **kwargs)
-            model = auto.from_pretrained(str(folder), dtype=dtype or torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+            # never import a model's own Python files (info.refuse_remote_code said so already);
+            # False, not the default None, which asks "[y/N]" on a terminal
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
+            except KeyError as e:  # converters index the file's dicts: tokenizer.json, GGUF metadata
+                raise FormatError(f"cannot load {label}: its tokenizer lacks the entry {_key(e)} "
+                                  f"(in tokenizer.json, or tokenizer.ggml.* in a GGUF)") from None
+            except Exception as e:  # the tokenizers library raises plain Exception for a bad tokenizer.json
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise FormatError(f"cannot load {label}: its tokenizer does not load ({first})") from None
+            model = auto.from_pretrained(str(folder), dtype=dtype or torch.float32,
+                                         trust_remote_code=False, **kwargs)
+    except KeyError as e:  # transformers' GGUF converters index dicts from the file
+        raise FormatError(f"cannot load {label}: its files lack the entry {_key(e)} that a "
+                          f"{info.architecture} model needs") from None
+    except (OSError, ValueError, RuntimeError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(f"cannot load {info.architecture} model from {folder.name}: {first}") from None
+        raise FormatError(f"cannot load {label} ({info.architecture}): {first}") from None
     model.eval().to(device())
     return model, tokenizer
+
+
+def _key(e: KeyError) -> str:
+    return repr(str(e.args[0])) if e.args else "(unnamed)"
 
 
 def _from_packed(folder: Path, info: ModelInfo, dtype):
@@ -93,17 +115,17 @@ def _from_packed(folder: Path, info: ModelInfo, dtype):
     return model.to(device()), tokenizer
 
 
-def _load_gguf_cached(gguf: Path, info: ModelInfo, dtype, cache: Path) -> Loaded:
+def _load_gguf_cached(gguf: Path, info: ModelInfo, dtype, cache: Path, label: str) -> Loaded:
     from ..registry.store import sha256_file
 
     key = gguf.resolve().name.removeprefix("sha256-") if gguf.is_symlink() else sha256_file(gguf)[7:]
     target = Path(cache) / f"gguf-{key[:32]}"
     hf_info = replace(info, format="hf")
     if (target / "config.json").is_file():
-        model, tokenizer = _from_pretrained(target, hf_info, dtype)
+        model, tokenizer = _from_pretrained(target, hf_info, dtype, label)
         return Loaded(model, tokenizer, info, target)
     with gguf_progress(f"converting {info.architecture} GGUF to torch (once)", gguf.stat().st_size):
-        model, tokenizer = _from_pretrained(gguf.parent, info, torch.float32, gguf_file=gguf.name)
+        model, tokenizer = _from_pretrained(gguf.parent, info, torch.float32, label, gguf_file=gguf.name)
     model.config.quantization_config = None
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None

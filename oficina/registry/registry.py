@@ -9,10 +9,18 @@ Layout of ``$OFICINA_HOME`` (default ``~/.oficina``)::
 A version is written in this order: blobs, then the manifest blob, then one SQLite transaction.
 A crash before the commit leaves only unreferenced blobs (collected later), never a name that
 points at something missing.
+
+Writers and the collector share ``$OFICINA_HOME/lock`` (flock(2), released by the kernel when a
+process dies, even by kill -9): a registry holds it shared from its first blob write until the
+version that uses the blobs is committed (``add``), and ``gc`` takes it exclusively, so it never
+deletes a blob that a running pull or create has stored but not yet committed. Whoever gets it
+exclusively also sweeps what killed writers left (``blobs/.partial-*``, ``tmp/*``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -47,6 +55,9 @@ CREATE TABLE IF NOT EXISTS heads (
 """
 
 
+STALE_TMP_S = 3600  # a tmp/ entry untouched this long belongs to a command that died
+
+
 def default_home() -> Path:
     return Path(os.environ.get("OFICINA_HOME") or Path.home() / ".oficina").expanduser()
 
@@ -73,9 +84,66 @@ class Registry:
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home) if home else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.blobs = BlobStore(self.home)
+        self.blobs = BlobStore(self.home, on_write=self._lease)
         self._db = sqlite3.connect(self.home / "registry.db", timeout=30, isolation_level=None)
         self._db.executescript(SCHEMA)
+        self._lock_fd: int | None = None  # held shared while this registry has uncommitted blobs
+        self._writing = 0  # depth of writing() blocks
+
+    # -- the writers' lock --------------------------------------------------------------------
+    def _open_lock(self) -> int:
+        return os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _lease(self) -> None:
+        """Hold the lock shared (once). When nobody else holds it, every partial file is stale:
+        sweep them first."""
+        if self._lock_fd is not None:
+            return
+        fd = self._open_lock()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            self._sweep()
+        fcntl.flock(fd, fcntl.LOCK_SH)  # blocks only while a gc holds it exclusively
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None and not self._writing:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold the writers' lock for a whole command (a pull of several files, a create), and
+        let it go on the way out, committed or not."""
+        self._lease()
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            self._release()
+
+    def _sweep(self) -> int:
+        """Remove what killed writers left; call only with the lock held exclusively. Partial
+        blobs are only ever written under the lock, so now every one is stale. ``tmp/`` and
+        half-built snapshots are also used by commands before they take the lock (quantize's
+        work folder, a reader's snapshot), so only those untouched for a while go."""
+        freed = self.blobs.clean_partials()
+        now = time.time()
+        for d, idle in ((self.home / "tmp", STALE_TMP_S), (self.home / "snapshots", 600)):
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                if (d.name == "tmp" or p.name.startswith(".tmp-")) and _last_touched(p) < now - idle:
+                    freed += _size(p)
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+        return freed
 
     # -- reading ------------------------------------------------------------------------------
     def _entry(self, row: tuple) -> Entry:
@@ -129,18 +197,21 @@ class Registry:
         ref = parse_ref(name)
         if ref.version is not None:
             raise RegistryError("cannot create a specific version; give the name without @N")
-        missing = [d for d in manifest.digests() if not self.blobs.has(d)]
-        if missing:
-            raise RegistryError(f"manifest references missing blobs: {', '.join(missing)}")
-        digest = self.blobs.put_bytes(manifest.to_json())
-        with self._tx():
-            (last,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE name=?",
-                                       (ref.name,)).fetchone()
-            version = last + 1
-            self._db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
-                             (ref.name, version, digest, parent, time.time(),
-                              json.dumps(producer or {}), json.dumps(metrics or {})))
-            self._db.execute("INSERT OR REPLACE INTO heads VALUES (?,?)", (ref.name, version))
+        # the check and the commit happen under the writers' lock, which gc cannot take
+        with self.writing():
+            digest = self.blobs.put_bytes(manifest.to_json())
+            missing = [d for d in manifest.digests() if not self.blobs.has(d)]
+            if missing:
+                raise RegistryError(f"manifest references missing blobs: {', '.join(missing)}")
+            with self._tx():
+                (last,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE name=?",
+                                           (ref.name,)).fetchone()
+                version = last + 1
+                self._db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
+                                 (ref.name, version, digest, parent, time.time(),
+                                  json.dumps(producer or {}), json.dumps(metrics or {})))
+                self._db.execute("INSERT OR REPLACE INTO heads VALUES (?,?)", (ref.name, version))
+        self._release()  # the blobs this registry stored are referenced now
         return self.get(Ref(ref.name, version))
 
     def set_metrics(self, entry: Entry, metrics: dict[str, Any]) -> None:
@@ -177,17 +248,35 @@ class Registry:
         return self.gc()
 
     def gc(self) -> int:
-        referenced: set[str] = set()
-        for (digest,) in self._rows("SELECT DISTINCT manifest FROM versions"):
-            referenced.add(digest)
-            referenced |= Manifest.from_json(self.blobs.read_bytes(digest)).digests()
-        freed = self.blobs.remove_unreferenced(referenced)
-        snaps = self.home / "snapshots"
-        if snaps.is_dir():
-            for d in snaps.iterdir():
-                if "sha256:" + d.name not in referenced:
-                    shutil.rmtree(d, ignore_errors=True)
-        return freed
+        """Delete blobs and snapshots no version references, and what killed writers left;
+        return the bytes freed. While a writer (pull, create, tune...) runs, in this process or
+        another, its blobs are not referenced yet: then nothing is collected now (the next gc,
+        or the next writer, does it)."""
+        if self._lock_fd is not None:
+            return 0
+        fd = self._open_lock()
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                from ..report import reporter
+
+                reporter().note("another oficina command is writing to the registry; unused files "
+                                "are reclaimed the next time")
+                return 0
+            referenced: set[str] = set()
+            for (digest,) in self._rows("SELECT DISTINCT manifest FROM versions"):
+                referenced.add(digest)
+                referenced |= Manifest.from_json(self.blobs.read_bytes(digest)).digests()
+            freed = self.blobs.remove_unreferenced(referenced) + self._sweep()
+            snaps = self.home / "snapshots"
+            if snaps.is_dir():
+                for d in snaps.iterdir():
+                    if "sha256:" + d.name not in referenced:
+                        shutil.rmtree(d, ignore_errors=True)
+            return freed
+        finally:
+            os.close(fd)
 
     def _tx(self):
         return _Transaction(self._db)
@@ -220,6 +309,26 @@ class Registry:
             if not final.is_dir():
                 raise
         return final
+
+
+def _last_touched(p: Path) -> float:
+    """The newest mtime of ``p`` and everything under it (a live command keeps writing there)."""
+    try:
+        times = [p.lstat().st_mtime]
+        if p.is_dir() and not p.is_symlink():
+            times += [f.lstat().st_mtime for f in p.rglob("*")]
+        return max(times)
+    except OSError:
+        return time.time()
+
+
+def _size(p: Path) -> int:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        return p.lstat().st_size
+    except OSError:
+        return 0
 
 
 class _Transaction:

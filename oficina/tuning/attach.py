@@ -7,6 +7,7 @@ An adapter folder is peft's layout (``adapter_config.json`` + ``adapter_model.sa
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,3 +120,55 @@ def attach_loaded(loaded, root: Path):
         model = load_model(task, loaded.folder, labels, pad_id=loaded.tokenizer.pad_token_id)
     model = attach(model, root, task, merge=True)
     return replace(loaded, model=for_generation(model))
+
+
+# Llama-family projections -> (rows, columns) of their weight in ModelInfo's sizes, for bases
+# whose tensor names are not the adapter's (a GGUF base: "blk.0.attn_q" for "layers.0.q_proj").
+def _projection_shapes(info) -> dict[str, tuple[int | None, int | None]]:
+    d, f, hd = info.embedding_length, info.feed_forward_length, info.head_dim
+    q = info.heads * hd if info.heads and hd else None
+    kv = info.kv_heads * hd if info.kv_heads and hd else None
+    return {"q_proj": (q, d), "k_proj": (kv, d), "v_proj": (kv, d), "o_proj": (d, q),
+            "gate_proj": (f, d), "up_proj": (f, d), "down_proj": (d, f)}
+
+
+_LORA_KEY = re.compile(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight")
+_LAYER = re.compile(r"(?:^|\.)(?:layers?|h|block|blk)\.(\d+)\.")
+
+
+def check_adapter(folder: Path, info, label: str) -> None:
+    """Refuse, when a Modelfile ADAPTER line is created, an adapter that would crash at run time:
+    weights that are not valid safetensors, or LoRA matrices that do not fit the base model
+    (lora_B @ lora_A must have the shape of the weight it is added to, in a layer that exists)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for w in sorted(Path(folder).glob("adapter_model*.safetensors")):
+        try:
+            with safe_open(str(w), framework="pt") as f:
+                for k in f.keys():
+                    shapes[k] = tuple(f.get_slice(k).get_shape())
+        except Exception as e:  # safetensors raises its own error types for bad files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FormatError(f"{label}: {w.name} is not a valid safetensors file ({first})") from None
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for k, shape in shapes.items():
+        if m := _LORA_KEY.fullmatch(k):
+            pairs.setdefault(m.group(1), {})[m.group(2)] = shape
+    base = {name: shape for name, shape, _ in info.tensors}
+    table = _projection_shapes(info)
+    for module, ab in sorted(pairs.items()):
+        a, b = ab.get("A"), ab.get("B")
+        if a is None or b is None or len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            raise FormatError(f"{label}: the LoRA for {module} has lora_A {a} and lora_B {b}, "
+                              f"which are not an (r, in) and (out, r) pair")
+        layer = _LAYER.search(module + ".")
+        if layer and info.layers and int(layer.group(1)) >= info.layers:
+            raise FormatError(f"{label}: the LoRA adapts {module}, but the base model has "
+                              f"{info.layers} layers")
+        want = base.get(module + ".weight")
+        want = tuple(want) if want is not None and len(want) == 2 else table.get(module.rsplit(".", 1)[-1])
+        got = (b[0], a[1])
+        if want and None not in want and got != want and got != want[::-1]:  # GPT-2's Conv1D is (in, out)
+            raise FormatError(f"{label}: the LoRA for {module} is {got[0]}x{got[1]}, but that weight of "
+                              f"the base model is {want[0]}x{want[1]}; it was trained for another model")

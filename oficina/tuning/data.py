@@ -98,7 +98,7 @@ def split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | N
 def _txt(p: Path, text: str) -> Iterator[tuple[dict, str]]:
     para: list[str] = []
     start = 0
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(records.lines(text), 1):
         if line.strip():
             if not para:
                 start = n
