@@ -28,7 +28,6 @@ from ..models.info import describe
 from ..models.loader import auto_class, load_folder, load_tokenizer, no_tqdm
 from ..quant.linear import QuantLinear
 from ..registry.manifest import Manifest
-from ..registry.publish import stacked_manifest
 from ..registry.registry import Entry, Registry
 from ..registry.sources import collect_files
 from . import attach, attention, data, dropout, frozen, loop, tasks
@@ -194,8 +193,8 @@ class Session:
             **(extra or {}),
         }
         if method.artifact == "adapter":
-            manifest = stacked_manifest(reg, base_manifest, artifact, _adapter_file, details)
-            return reg.add(cfg.out, manifest, parent=parent, producer=producer, metrics=metrics)
+            return reg.publish(cfg.out, artifact, parent=parent, producer=producer, metrics=metrics,
+                               adapter_of=base_manifest, keep=_adapter_file, details=details)
         return reg.publish(cfg.out, artifact, parent=parent, producer=producer, metrics=metrics,
                            inherit=base_manifest, details=details)
 
