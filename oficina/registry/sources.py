@@ -195,14 +195,14 @@ def inside(folder: Path, files: list[tuple[str, Path]], root: Path | None = None
 
 def collect_files(path: Path, root: Path | None = None) -> tuple[str, list[tuple[str, Path]]]:
     """The (format, [(relative path, file)]) a local model source is made of, after checking it
-    looks like a model and that no file is a link out of it. GGUF headers are validated before
-    anything is copied."""
-    from ..formats import gguf
+    looks like a model and that no file is a link out of it: everything that can be checked
+    without copying is checked before anything is copied."""
+    from ..models.info import describe
 
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise FormatError(f"{path.name}: expected a .gguf file or a Hugging Face model folder")
-        gguf.read_header(path)
+        describe(path, "gguf")  # the header and the metadata we use, before anything is copied
         return "gguf", [("model.gguf", path)]
     if not path.is_dir():
         raise SourceError(f"no such file or folder: {path}")
@@ -221,6 +221,7 @@ def collect_files(path: Path, root: Path | None = None) -> tuple[str, list[tuple
                 f"convert them to safetensors)") if pickled else ""
         raise FormatError(f"{path}: no .safetensors weights{hint}")
     _check_safetensors(weights)
+    describe(path, "hf")  # config.json (depth, remote code) and the weights' headers
     files += [(p.name, p) for p in weights]
     return "hf", files
 
