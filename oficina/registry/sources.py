@@ -241,7 +241,7 @@ def import_path(reg: Registry, path: Path, name: str, root: Path | None = None, 
     fmt, files = collect_files(path, root)
     refs = store_files(reg, files)
     return _publish(reg, name, fmt, refs, producer={"op": "import", "source": str(path.resolve())},
-                     **extra)
+                    **extra)
 
 
 def store_files(reg: Registry, files: list[tuple[str, Path]]) -> list[FileRef]:
