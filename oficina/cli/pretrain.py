@@ -100,7 +100,7 @@ def _print_plan(plan) -> None:
                                    f"(batch {t.batch_size} x {t.max_length} tokens, {t.precision})")
     tbl.add_row("tokenizer", f"{len(plan.tokenizer):,} tokens, {plan.tokenizer_source}")
     tbl.add_row("corpus", f"{plan.corpus.path} ({human(plan.corpus.size)})")
-    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epoch(s)"
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs or 1} epoch(s)"
     tbl.add_row("training", f"{steps}, lr {t.lr:g} ({t.schedule}, {t.warmup_steps} warmup), batch "
                             f"{t.batch_size} x {t.grad_accum}, run folder {plan.run_dir}")
     console().print(tbl)

@@ -147,7 +147,8 @@ def _print_methods(methods) -> None:
     for c in ("method", "what changes", "settings (--opt KEY=VALUE)", "default lr", "merge"):
         t.add_column(c)
     for name, m in methods.items():
-        settings = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.config))
+        defaults = m.config()  # default_factory fields too (LoRA's target_modules)
+        settings = ", ".join(f"{f.name}={getattr(defaults, f.name)!r}" for f in dataclasses.fields(m.config))
         lr = f"{m.learning_rate:g}"
         if m.small_model_learning_rate is not None:
             lr += f" ({m.small_model_learning_rate:g} under 1B parameters)"
