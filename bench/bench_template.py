@@ -24,13 +24,15 @@ MESSAGES = [{"role": "system", "content": "You answer in one sentence."},
 
 def main(rounds: int = 7, per_round: int = 200) -> None:
     import tiny
+
     from oficina.formats.gguf import read_header
     from oficina.formats.template import render_chat
     from oficina.registry.registry import Registry
 
     reg = Registry(os.environ.get("OFICINA_HOME") or Path.home() / ".cache" / "oficina-test-home")
     tok = tiny.tokenizer()
-    print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
+    with open("/proc/loadavg") as f:
+        print(f"load average: {f.read().split()[:3]}")
     print(f"{'template':<14}{'oficina µs':>12}{'transformers µs':>17}{'ratio':>8}  same output")
     for name in ("smollm2", "gemma3:270m"):
         snap = reg.snapshot(reg.get(name))

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny
 
 from oficina.errors import FormatError, OficinaError
 from oficina.formats import template as tpl
-
-import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
@@ -34,7 +33,7 @@ HOSTILE_TEMPLATES = {"nested range": NESTED_RANGE, "power": POWER, "doubling": D
 def oficina(*args, home: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OFICINA_HOME": str(home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "oficina", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "oficina", *args], check=False, capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
 
 
@@ -72,15 +71,16 @@ def test_hostile_template_is_stopped_by_the_budget(name, tok):
 
 def test_budgeted_renderer_matches_transformers(tok):
     """The sandbox with budgets renders what apply_chat_template renders."""
-    for template in (tiny.CHAT_TEMPLATE,
-                     "{{ bos_token }}{% for m in messages %}{{ m.role | upper }}: {{ m.content | tojson }}"
-                     "{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
-                     "\nASSISTANT:{% endif %}{{ '-' * 3 }}{{ 2 ** 10 }}{{ 'a' ~ 'b' }}"):
+    busy = ("{{ bos_token }}{% for m in messages %}{{ m.role | upper }}: {{ m.content | tojson }}"
+            "{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+            "\nASSISTANT:{% endif %}{{ '-' * 3 }}{{ 2 ** 10 }}{{ 'a' ~ 'b' }}")
+    for template in (tiny.CHAT_TEMPLATE, busy):
         for msgs in (MSGS, MSGS[1:]):
             assert tpl.render_chat(template, msgs, tok) == tok.apply_chat_template(
                 msgs, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_hostile_chat_template_jinja_in_an_hf_folder(llama_dir, tmp_path):
     folder = tmp_path / "evil"
     folder.mkdir()
@@ -96,6 +96,7 @@ def test_hostile_chat_template_jinja_in_an_hf_folder(llama_dir, tmp_path):
     assert time.perf_counter() - start < 100
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_hostile_template_in_a_gguf(llama_dir, tmp_path):
     from oficina.formats.gguf_export import export_gguf
 
@@ -112,6 +113,7 @@ def test_hostile_template_in_a_gguf(llama_dir, tmp_path):
     one_error_line(proc, "chat template")
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_hostile_modelfile_template(llama_dir, tmp_path):
     mf = tmp_path / "Modelfile"
     mf.write_text(f"FROM {llama_dir}\nTEMPLATE \"\"\"{DOUBLING}\"\"\"\n")
@@ -147,7 +149,8 @@ def test_jsonl_keeps_raw_unicode_line_separators(tmp_path):
     prefs = [{"prompt": odd, "chosen": "yes\u2028", "rejected": "no"}]
     assert pairs.read(_jsonl_with_separators(tmp_path / "prefs.jsonl", prefs)).records[0].fields["prompt"] == odd
 
-    raw = open(ROOT / "oficina/data/eval/gen.jsonl", encoding="utf-8").readline()
+    with open(ROOT / "oficina/data/eval/gen.jsonl", encoding="utf-8") as f:
+        raw = f.readline()
     item = json.loads(raw)
     item = {k: (v + "\u2028" if isinstance(v, str) else v) for k, v in item.items()}
     items = read_jsonl(_jsonl_with_separators(tmp_path / "gen.jsonl", [item]), check_item)
@@ -286,6 +289,7 @@ def test_pull_refuses_a_linked_weights_file(llama_dir, tmp_path):
 
 
 # -- 4. remote code -----------------------------------------------------------------------------------
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_auto_map_is_refused_without_a_prompt(llama_dir, tmp_path):
     folder = hf_copy(llama_dir, tmp_path / "remote", {"auto_map": {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}})
     (folder / "modeling_evil.py").write_text("raise SystemExit('code from the model ran')\n")
@@ -316,6 +320,7 @@ def test_gguf_metadata_of_the_wrong_type(tmp_path, meta, tokens, model, drop, wo
     assert not list((tmp_path / "home" / "blobs").iterdir())  # refused before anything was copied
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_config_nested_100000_deep(llama_dir, tmp_path):
     folder = hf_copy(llama_dir, tmp_path / "deep")
     cfg = (folder / "config.json").read_text().rstrip().removesuffix("}")
@@ -328,7 +333,7 @@ def test_config_nested_100000_deep(llama_dir, tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="a small tmpfs needs Linux namespaces")
 def test_disk_full_while_writing_a_blob(tmp_path):
     """A real full disk: a 1 MiB tmpfs in a private mount namespace (unshare -rm)."""
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    probe = subprocess.run(["unshare", "-rm", "true"], check=False, capture_output=True)
     if probe.returncode != 0:
         pytest.skip("unshare -rm is not allowed here")
     mnt, big = tmp_path / "mnt", write_gguf(tmp_path / "big.gguf")
@@ -355,7 +360,7 @@ except Exception as e:
 left = sorted(os.listdir(reg.blobs.dir))
 print('RESULT', rc1, rc2, left)
 """
-    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", script], capture_output=True, text=True,
+    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", script], check=False, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "RESULT 1 1 []" in proc.stdout, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -451,6 +456,7 @@ def test_jinja_syntax_error_is_refused_at_create(llama_dir, tmp_path, registry):
 
 
 # -- 9. wording ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_parameter_errors_name_the_line(llama_dir, tmp_path):
     mf = _modelfile(tmp_path, f"FROM {llama_dir}\n\nPARAMETER temperature 0.5\nPARAMETER top_p lots\n")
     proc = oficina("create", "p", "-f", str(mf), home=tmp_path / "home")
@@ -459,6 +465,7 @@ def test_parameter_errors_name_the_line(llama_dir, tmp_path):
     one_error_line(oficina("create", "p", "-f", str(mf), home=tmp_path / "home"), "Modelfile line 2", "num_ctx")
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_adapter_that_is_not_an_adapter(llama_dir, tmp_path):
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0:root:/root:/bin/sh\n")
@@ -469,6 +476,7 @@ def test_adapter_that_is_not_an_adapter(llama_dir, tmp_path):
     one_error_line(oficina("create", "a", "-f", str(mf), home=tmp_path / "home"), "Modelfile line 2", "no such file")
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_load_errors_name_the_model_not_the_snapshot(llama_dir, tmp_path):
     folder = hf_copy(llama_dir, tmp_path / "broken")
     tj = json.loads((folder / "tokenizer.json").read_text())
@@ -482,6 +490,7 @@ def test_load_errors_name_the_model_not_the_snapshot(llama_dir, tmp_path):
     assert "internal error" not in line
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_missing_tokenizer_entries_become_sentences(llama_dir, tmp_path):
     """A tokenizer that lacks what its type needs: a sentence, not KeyError: 'scores'."""
     evil = write_gguf(tmp_path / "noscores.gguf", tokenizer_model="llama", drop=("tokenizer.ggml.scores",))
@@ -532,6 +541,7 @@ def _start_slow_pull(source: Path, home: Path) -> tuple[subprocess.Popen, list[P
     raise AssertionError("the pull never started writing")
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_kill_9_during_pull_leaves_nothing_that_lasts(tmp_path):
     home, big, small = tmp_path / "home", _big_gguf(tmp_path / "big.gguf"), write_gguf(tmp_path / "small.gguf")
     proc, partials = _start_slow_pull(big, home)
@@ -559,6 +569,7 @@ def test_kill_9_during_pull_leaves_nothing_that_lasts(tmp_path):
     assert not list((home / "blobs").iterdir())
 
 
+@pytest.mark.slow  # several `oficina` processes, each importing torch
 def test_a_running_pull_keeps_its_partial_file(tmp_path):
     """Sweeping is only for the dead: a pull in progress holds the writers' lock, and another
     pull or an rm running meanwhile leaves its partial file (and its stored blobs) alone."""

@@ -220,7 +220,7 @@ def _environment():
                 raise _too_big("a concatenation")
             return text
 
-        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
+        def call(__self, __context, __obj, *args, **kwargs):  # Jinja's own signature
             # str.ljust/center/zfill... and the center/indent filters pad to a width in one call
             if any(isinstance(a, int) and a > MAX_OUTPUT_CHARS for a in (*args, *kwargs.values())):
                 raise _too_big(f"a width of {max(a for a in (*args, *kwargs.values()) if isinstance(a, int)):,}")

@@ -137,8 +137,12 @@ def render(messages: list[dict], tok, where: str) -> tuple[str, list[tuple[int, 
 
 
 def _apply(tok, msgs, generation_prompt: bool, where: str) -> str:
+    from ..formats.template import render_jinja
+
     try:
-        # transformers renders chat templates in Jinja's sandboxed environment
+        # the same budgeted sandbox as `run` (formats/template.py): a model's template can hang
+        if isinstance(tok.chat_template, str):
+            return render_jinja(tok.chat_template, msgs, tok, add_generation_prompt=generation_prompt)
         return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as e:  # template errors from an untrusted template: one line, with the record
         raise FormatError(f"{where}: chat template failed: {str(e).splitlines()[0] if str(e) else e!r}") from None
