@@ -133,9 +133,9 @@ def main() -> None:
     import peft
 
     from oficina.registry.registry import Registry
-    from oficina.tuning import run
+    from oficina.tuning import session
 
-    base = run.open_base(args.model, Registry())  # converts a GGUF model once, before timing
+    base = session.open_base(args.model, Registry())  # converts a GGUF model once, before timing
     common = ["--folder", str(base.folder), "--model", args.model, "--data", args.data, "--limit", str(args.limit), "--epochs",
               str(args.epochs), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
               "--lr", str(args.lr), "--warmup", str(args.warmup), "--r", str(args.r)]

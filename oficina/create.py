@@ -15,7 +15,7 @@ from .modelfile import Modelfile, parse_file
 from .options import Options, validate_mapping
 from .registry.manifest import FileRef, Manifest
 from .registry.registry import Entry, Registry
-from .registry.sources import collect_files, store_files
+from .registry.sources import store_files
 
 ROLES = ("system", "user", "assistant")
 
@@ -34,12 +34,7 @@ def _base(reg: Registry, source: str, base_dir: Path) -> tuple[Manifest, str | N
         path = (base_dir / Path(source).expanduser()).resolve()
         if not path.exists():
             raise OficinaError(f"FROM {source}: no such file or folder")
-        fmt, files = collect_files(path)
-        manifest = Manifest(format=fmt, files=store_files(reg, files))
-        from .models.info import describe
-
-        manifest.details = describe(reg.snapshot_for(manifest), fmt).summary()
-        return manifest, None
+        return reg.manifest_for(path), None
     from .api import resolve
 
     entry = resolve(source, reg)

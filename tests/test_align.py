@@ -155,6 +155,40 @@ def test_prompt_tuning_is_refused_for_dpo(base, prefs, reg):
 
 
 # -- reward model -----------------------------------------------------------------------------------
+def test_dpo_refuses_a_base_that_carries_a_prompt_adapter(base, prefs, reg, tmp_path):
+    """The virtual-token check ``tune`` makes also holds for preference training (they share one
+    session): a prompt-tuned model cannot be folded into plain weights, so DPO on it is refused
+    with a sentence instead of training on shifted positions."""
+    from oficina.tuning.run import tune
+
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"The {w} is here and the {w} is good.\n\n" for w in THINGS))
+    tune(TuneConfig(base=base, method="prompt", data=str(text), max_steps=1, batch_size=4, max_length=32,
+                    forgetting=False, out="tiny-prompted", options={"num_virtual_tokens": 2}), reg)
+    with pytest.raises(OficinaError, match="carries a prompt/prefix adapter, which cannot be merged"):
+        dpo(_cfg("tiny-prompted", prefs, "lora"), registry=reg)
+
+
+def test_dpo_in_bf16_uses_tunes_fast_paths_and_restores_the_weights(base, prefs, reg, monkeypatch):
+    """bf16 DPO runs on the same session as ``tune``: frozen weights stored in bf16 for the run
+    (the reference log-probabilities taken under the same autocast), fp32 again afterwards."""
+    from oficina.tuning import frozen
+
+    lowered = []
+    original = frozen.lower
+
+    def spy(*args, **kwargs):  # the real function; what it lowered is kept
+        result = original(*args, **kwargs)
+        lowered.append(dict(result.params) if result else {})
+        return result
+
+    monkeypatch.setattr(frozen, "lower", spy)
+    r = dpo(_cfg(base, prefs, "lora", epochs=1, precision="bf16", learning_rate=1e-3), registry=reg)
+    assert len(lowered) == 1 and lowered[0]  # the frozen linear weights were stored in bf16 ...
+    assert all(p.dtype == torch.float32 for p in lowered[0].values())  # ... and are fp32 again
+    assert r.loop.steps > 0 and r.after["accuracy"] >= 0
+
+
 def test_reward_model_learns_the_pairs_and_ranks_answers(base, prefs, reg, monkeypatch, capsys):
     r = reward(_cfg(base, prefs, "lora", epochs=4, learning_rate=1e-2, out="tiny-rm"), reg)
     assert r.after["accuracy"] >= 0.75 and r.after["loss"] < r.before["loss"]

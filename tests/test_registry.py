@@ -95,3 +95,27 @@ def test_snapshot_links_files(registry):
     folder = registry.snapshot(e)
     assert (folder / "model.gguf").read_bytes() == b"abc"
     assert registry.snapshot(e) == folder
+
+
+def test_publish_stores_describes_and_inherits_the_parents_fields(registry, tmp_path):
+    """``Registry.publish`` is the one way a version is made: the folder's files stored, the
+    parent's Modelfile fields (not its weights or adapters) carried over, the manifest described
+    from the stored files with the caller's details on top, lineage and metrics recorded."""
+    import tiny
+
+    folder = tmp_path / "llama"
+    tiny.build("llama", folder)
+    base = registry.add("base", _manifest(registry, b"w", params={"temperature": 0.2}, template="{{ .Prompt }}",
+                                          system="Be brief.", license=["MIT"],
+                                          adapters=[FileRef("0/x.safetensors", *registry.blobs.put_stream([b"a"]))]))
+    e = registry.publish("derived", folder, parent=base.ref, inherit=base.manifest, producer={"op": "test"},
+                         metrics={"val_loss": 1.5}, details={"tuning": {"method": "full"}})
+    m = e.manifest
+    assert (m.format, m.params, m.template, m.system, m.license) == ("hf", {"temperature": 0.2}, "{{ .Prompt }}",
+                                                                     "Be brief.", ["MIT"])
+    assert m.adapters == [] and {f.path for f in m.files} >= {"config.json", "model.safetensors"}
+    assert m.details["architecture"] == "LlamaForCausalLM" and m.details["tuning"] == {"method": "full"}
+    assert (e.parent, e.producer, e.metrics) == (base.ref, {"op": "test"}, {"val_loss": 1.5})
+    fresh = registry.publish("plain", folder)  # nothing inherited
+    assert (fresh.manifest.params, fresh.manifest.template, fresh.parent) == ({}, None, None)
+    assert fresh.manifest.files == m.files  # the same blobs, stored once

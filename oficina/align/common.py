@@ -1,13 +1,12 @@
-"""What DPO and reward training share with a tuning run, taken from ``tuning.run`` rather than
-copied: open the base (a registry model, tuned or not, or a folder; earlier adapters folded in),
-apply a tuning method from ``METHODS`` (full, LoRA, ...), save what changed and register it with
-its lineage. Only the loss, the batches and the lineage's ``op`` differ."""
+"""What DPO and reward training add to a training session (``tuning.session``): preference
+pairs read and split, a decoder-only base opened (earlier adapters folded in, a prompt/prefix
+adapter refused) with a weight-changing method applied and the same fast paths as ``tune``,
+and what changed saved and published with its lineage. Only the loss, the batches and the
+lineage's ``op`` differ between the two."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,15 @@ from torch import nn
 
 from ..errors import OficinaError
 from ..registry.registry import Entry, Registry
-from ..tuning import attach, data, tasks
+from ..tuning import data, loop, tasks
 from ..tuning.config import TuneConfig
-from ..tuning.method import Method, get
-from ..tuning.run import Base, base_id, register, save_artifact, slug, model_for, open_base
+from ..tuning.method import get, load_all
+from ..tuning.session import Base, Session, fingerprint, loop_metrics
 from . import pairs
 
 # prompt and prefix tuning add virtual tokens in front of every sequence, which shifts the
 # positions the answer log-probabilities are read from; the others change weights only.
 NO_VIRTUAL = ("prompt", "prefix")
-
-
-@dataclass
-class Opened:
-    base: Base
-    model: nn.Module
-    method: Method
-    trainable: int
-    parameters: int
 
 
 @dataclass
@@ -68,34 +58,26 @@ def with_lr(cfg: TuneConfig, defaults: dict[str, float]) -> TuneConfig:
 def read_pairs(cfg: TuneConfig) -> tuple[data.Dataset, data.Dataset | None]:
     if not cfg.data:
         raise OficinaError("no preference data: give --data FILE.jsonl with prompt, chosen, rejected")
-    train = pairs.read(cfg.data)
-    if cfg.eval:
-        return train, pairs.read(cfg.eval)
-    return data.split(train, cfg.val_split, cfg.seed)
+    return Session.read(cfg, pairs.read)
 
 
-def open_model(cfg: TuneConfig, task: tasks.Task, labels: tuple[str, ...], reg: Registry) -> Opened:
+def start(cfg: TuneConfig, op: str, task: tasks.Task, labels: tuple[str, ...],
+          registry: Registry | None) -> Session:
+    """A session with the base opened and the recipe's method applied (``run.model``)."""
     if not cfg.base:
         raise OficinaError("no base model: give BASE (a registry name or model folder)")
     method = get(cfg.method)
     if method.name in NO_VIRTUAL:
         raise OficinaError(f"{method.name} tuning adds virtual tokens and cannot be used here; use one of "
-                           f"{', '.join(m for m in _methods() if m not in NO_VIRTUAL)}")
+                           f"{', '.join(m for m in load_all() if m not in NO_VIRTUAL)}")
     method_cfg = cfg.method_config()
-    base = open_base(cfg.base, reg)
+    run = Session.for_recipe(cfg, registry, op)
+    base = run.open_base(cfg.base)
     if base.info.kind != "decoder-only":
         raise OficinaError(f"{base.ref} is an {base.info.kind} model; preference training here needs a "
                            f"decoder-only (causal) model")
-    model = model_for(base, task, labels)
-    if base.manifest and base.manifest.adapters:
-        model = attach.attach(model, reg.snapshot(base.entry) / "adapters", task, merge=True)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    torch.manual_seed(cfg.seed)
-    model = method.apply(model, method_cfg, task)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Opened(base, model, method, trainable, sum(p.numel() for p in model.parameters()))
+    run.prepare(cfg, base, run.load(base, task, labels), method, method_cfg, task)
+    return run
 
 
 def context(base: Base, cfg: TuneConfig) -> tasks.Context:
@@ -105,55 +87,50 @@ def context(base: Base, cfg: TuneConfig) -> tasks.Context:
                          messages=tuple(base.manifest.messages) if base.manifest else ())
 
 
-def run_dir(cfg: TuneConfig, reg: Registry, op: str) -> Path:
-    d = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / slug(
-        cfg.out or f"{Path(cfg.base).name}-{op}")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def train(run: Session, cfg: TuneConfig, settings: Any, batches, loss, evaluate, resume: bool,
+          train_ds: data.Dataset, eval_ds: data.Dataset | None, op: str) -> loop.Result:
+    return run.train(run.model, batches, cfg, loss, evaluate, resume, label=op,
+                     fingerprint=fingerprint(cfg.fingerprint(), dataclasses.asdict(settings), train_ds.digest,
+                                             eval_ds.digest if eval_ds is not None else None, run.base.id))
 
 
-def fingerprint(cfg: TuneConfig, settings: Any, train: data.Dataset, eval_: data.Dataset | None, base: Base) -> str:
-    blob = [cfg.fingerprint(), dataclasses.asdict(settings), train.digest,
-            eval_.digest if eval_ is not None else None, base_id(base)]
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def result(run: Session, op: str, cfg: TuneConfig, lp: loop.Result, before: dict[str, float],
+           settings: dict[str, Any] | None = None) -> AlignResult:
+    return AlignResult(op, cfg, run.method.name, run.run_dir, run.artifact(), run.trainable, run.parameters,
+                       lp, before, dict(lp.val), settings or {})
 
 
-def publish(r: AlignResult, opened: Opened, task: tasks.Task, labels: tuple[str, ...], reg: Registry,
+def publish(r: AlignResult, run: Session, task: tasks.Task, labels: tuple[str, ...],
             train: data.Dataset, eval_: data.Dataset | None, extra: dict[str, Any]) -> None:
-    """Save what changed (an adapter, or a whole model) and register it as a tuning run does,
+    """Save what changed (an adapter, or a whole model) and publish it as a tuning run does,
     with ``op`` and ``extra`` in its lineage."""
-    from ..models.loader import no_tqdm
-
-    with no_tqdm():
-        save_artifact(opened.model, opened.method, opened.base, task, labels, r.artifact)
+    r.metrics = metrics(r)
+    run.save(task, labels, r.artifact)
     if r.config.out:
-        r.entry = register(reg, r.config, opened.base, opened.method, task, r.artifact, train, eval_,
-                           r.metrics, op=r.op, extra=extra)
+        r.entry = run.publish(r.config, task, r.artifact, train, eval_, r.metrics, op=r.op, extra=extra)
 
 
 def metrics(r: AlignResult) -> dict[str, Any]:
-    lp = r.loop
-    m = {"train_loss": lp.train_loss, "steps": lp.steps, "epochs": round(lp.epochs, 3), "tokens": lp.tokens,
-         "tokens_per_s": round(lp.tokens_per_s, 1), "train_seconds": round(lp.seconds, 2),
-         "wall_seconds": round(lp.wall_seconds, 2), "peak_memory": lp.peak_memory,
-         "trainable_parameters": r.trainable, "parameters": r.parameters}
+    m = {**loop_metrics(r.loop), "trainable_parameters": r.trainable, "parameters": r.parameters}
     m.update({f"val_{k}_before": v for k, v in r.before.items()})
     m.update({f"val_{k}": v for k, v in r.after.items()})
     return m
 
 
-def evaluate_now(evaluate, model: nn.Module) -> dict[str, float]:
+def evaluate_now(evaluate, model: nn.Module, cfg: TuneConfig | None = None) -> dict[str, float]:
+    """``evaluate`` outside the loop, in the precision the loop evaluates in."""
     if evaluate is None:
         return {}
     was = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(cfg, model):
         out = evaluate(model)
     model.train(was)
     return out
 
 
-def _methods():
-    from ..tuning.method import load_all
-
-    return load_all()
+def autocast(cfg: TuneConfig | None, model: nn.Module):
+    """The loop's precision (bf16 autocast or none), for forwards run outside it: under bf16
+    the frozen weights are stored in bf16 and only autocast multiplies them with fp32 inputs."""
+    device = next(model.parameters()).device
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg and cfg.precision == "bf16"))

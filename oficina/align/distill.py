@@ -25,13 +25,23 @@ from torch import nn
 
 from .. import __version__
 from ..errors import InvalidOptions, OficinaError
+from ..pretrain.run import save_model
 from ..registry.registry import Entry, Registry
 from ..report import reporter
-from ..tuning import attach, data, loop, tasks
+from ..tuning import loop, tasks
 from ..tuning.batches import Batches
 from ..tuning.config import TuneConfig
-from ..tuning.run import base_id, data_lineage, init_distributed, model_for, open_base, pad_id, slug
+from ..tuning.session import (
+    Base,
+    Session,
+    data_lineage,
+    eval_lineage,
+    fingerprint,
+    loop_metrics,
+    pad_id,
+)
 from ..tuning.tasks import IGNORE, unwrap
+from .common import evaluate_now
 
 LEARNING_RATE = 1e-3  # a small student trains almost from scratch; pass --lr for a pretrained one
 
@@ -168,15 +178,30 @@ def same_tokenizer(teacher, student) -> str | None:
             f"{a.get(differ, 'absent')} in the teacher and {b.get(differ, 'absent')} in the student")
 
 
-def _open(ref: str, reg: Registry, task) -> tuple[Any, nn.Module]:
-    base = open_base(ref, reg)
+def _open(run: Session, ref: str, task) -> tuple[Base, nn.Module]:
+    base = run.open_base(ref)
     if base.info.kind != "decoder-only":
         raise OficinaError(f"{base.ref} is an {base.info.kind} model; distillation here is for "
                            f"decoder-only (causal) models")
-    model = model_for(base, task)
-    if base.manifest and base.manifest.adapters:
-        model = attach.attach(model, reg.snapshot(base.entry) / "adapters", task, merge=True)
-    return base, model
+    return base, run.load(base, task)
+
+
+def _student(run: Session, student: str, teacher: Base, cfg: TuneConfig, task):
+    """(model, its Base or None for a config, its context length, its lineage)."""
+    tok = teacher.tokenizer
+    spath = Path(student).expanduser()
+    if spath.is_file() and spath.suffix.lower() in (".yaml", ".yml"):
+        arch_cfg, model = _student_from_config(spath, tok, cfg.max_length, cfg.seed)
+        return model, None, arch_cfg.arch.context_length, {"config": str(spath.resolve()),
+                                                           "architecture": arch_cfg.arch.to_dict()}
+    base, model = _open(run, student, task)
+    differ = same_tokenizer(tok, base.tokenizer)
+    if differ:
+        raise OficinaError(f"teacher {teacher.ref} and student {base.ref} do not share a "
+                           f"tokenizer ({differ}): logit distillation compares the two models' "
+                           f"distributions token by token over one vocabulary; give a student with the "
+                           f"teacher's tokenizer, or a student config (built with the teacher's tokenizer)")
+    return model, base, base.info.context_length, {"ref": base.lineage_ref, "digest": base.id}
 
 
 def _student_from_config(path: Path, teacher_tok, max_length: int, seed: int):
@@ -205,118 +230,83 @@ def distill(cfg: TuneConfig, student: str, settings: DistillConfig | None = None
             registry: Registry | None = None, resume: bool = False) -> DistillResult:
     """Distill teacher ``cfg.base`` into ``student`` (a registry model, a folder, or a pretraining
     config file) on ``cfg.data``; register the student as ``cfg.out``."""
-    from ..pretrain.run import register_folder, save_model
-
     settings = settings or DistillConfig()
-    reg = registry or Registry()
-    rank, world = init_distributed()
     if not cfg.base:
         raise OficinaError("no teacher: give TEACHER (a registry name or model folder)")
     if not cfg.data:
         raise OficinaError("no data: give --data FILE (.txt, .jsonl or .csv)")
     cfg = dataclasses.replace(cfg, learning_rate=cfg.learning_rate or LEARNING_RATE, method="distill")
-    train_ds = data.read(cfg.data)
-    eval_ds = data.read(cfg.eval) if cfg.eval else None
-    if eval_ds is None:
-        train_ds, eval_ds = data.split(train_ds, cfg.val_split, cfg.seed)
+    run = Session.for_recipe(cfg, registry, "distill")
+    train_ds, eval_ds = run.read(cfg)
     task = tasks.TASKS["causal"]
-    teacher_base, teacher = _open(cfg.base, reg, task)
+    teacher_base, teacher = _open(run, cfg.base, task)
     teacher.eval().requires_grad_(False)
     tok = teacher_base.tokenizer
-    spath = Path(student).expanduser()
-    if spath.is_file() and spath.suffix.lower() in (".yaml", ".yml"):
-        arch_cfg, model = _student_from_config(spath, tok, cfg.max_length, cfg.seed)
-        student_base, context_length, student_from = None, arch_cfg.arch.context_length, {
-            "config": str(spath.resolve()), "architecture": arch_cfg.arch.to_dict()}
-    else:
-        student_base, model = _open(student, reg, task)
-        differ = same_tokenizer(tok, student_base.tokenizer)
-        if differ:
-            raise OficinaError(f"teacher {teacher_base.ref} and student {student_base.ref} do not share a "
-                               f"tokenizer ({differ}): logit distillation compares the two models' "
-                               f"distributions token by token over one vocabulary; give a student with the "
-                               f"teacher's tokenizer, or a student config (built with the teacher's tokenizer)")
-        context_length = student_base.info.context_length
-        student_from = {"ref": student_base.entry.ref if student_base.entry else str(student_base.source),
-                        "digest": base_id(student_base)}
+    model, student_base, context_length, student_from = _student(run, student, teacher_base, cfg, task)
     model.requires_grad_(True)
     ctx = tasks.Context(tok, cfg.max_length, cfg.train_on, cfg.truncate, split_long=True)
     train_ex = tasks.encode(train_ds, task, ctx)
     eval_ex = tasks.encode(eval_ds, task, ctx) if eval_ds else []
     pad = pad_id(tok)
     batches = Batches(train_ex, cfg.batch_size, pad, cfg.seed, group_by_length=cfg.group_by_length,
-                      packing=cfg.max_length if cfg.packing else None, rank=rank, world=world)
+                      packing=cfg.max_length if cfg.packing else None, rank=run.rank, world=run.world)
     eval_batches = Batches(eval_ex, cfg.batch_size, pad, shuffle=False)
     if not eval_ex:
         raise OficinaError(f"{train_ds.path}: no held-out examples to compare teacher and student on; "
                            f"give --eval FILE or raise --val-split")
     evaluate = evaluator(teacher, eval_batches)
-
-    def side(ref: str, m: nn.Module, kl: float | None) -> Side:
-        n = sum(p.numel() for p in m.parameters())
-        ppl, speed = measure(m, eval_batches)
-        return Side(ref, n, 4 * n, ppl, speed, kl)
-
-    from .common import evaluate_now
-
     before = evaluate_now(evaluate, model)
-    student_name = cfg.out or (student_base.ref if student_base else spath.name)
-    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else reg.home / "runs" / slug(
-        cfg.out or f"{Path(cfg.base).name}-distill")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    student_name = cfg.out or (student_base.ref if student_base else Path(student).expanduser().name)
     student_before = Side(student_name, sum(p.numel() for p in model.parameters()), 0,
                           before["perplexity"], 0.0, before["kl"])
     reporter().note(f"distilling {teacher_base.ref} ({_count(teacher)} parameters) into {student_name} "
                     f"({_count(model)}): T {settings.temperature:g}, alpha {settings.alpha:g}; "
                     f"{len(train_ex)} training and {len(eval_ex)} held-out examples")
-    fingerprint = _fingerprint(cfg, settings, train_ds, eval_ds, teacher_base, student_from)
-    result = loop.train(model, batches, cfg, run_dir, loss_fn(teacher, settings), evaluate, resume=resume,
-                        fingerprint=fingerprint, label="distill")
+    skip = {"out", "run_dir", "log_every", "keep_checkpoints", "forgetting", "options"}
+    result = run.train(model, batches, cfg, loss_fn(teacher, settings), evaluate, resume, label="distill",
+                       fingerprint=fingerprint({k: v for k, v in cfg.to_dict().items() if k not in skip},
+                                               dataclasses.asdict(settings), train_ds.digest,
+                                               eval_ds.digest if eval_ds else None, teacher_base.id, student_from))
     after = result.val or evaluate_now(evaluate, model)
-    teacher_side = side(teacher_base.ref, teacher, 0.0)
-    student_side = side(student_name, model, after.get("kl"))
+    teacher_side = _side(teacher_base.ref, teacher, 0.0, eval_batches)
+    student_side = _side(student_name, model, after.get("kl"), eval_batches)
     student_before.weights = student_side.weights
-    out = DistillResult(cfg, settings, run_dir, run_dir / "model", model, result, teacher_side, student_side,
-                        student_before)
-    if rank == 0:
+    out = DistillResult(cfg, settings, run.run_dir, run.run_dir / "model", model, result, teacher_side,
+                        student_side, student_before)
+    if run.rank == 0:
         save_model(model, tok, context_length, out.folder)
         out.metrics = _metrics(out)
         if cfg.out:
-            producer = {"op": "distill", "teacher": {"ref": teacher_base.entry.ref if teacher_base.entry
-                                                      else str(teacher_base.source), "digest": base_id(teacher_base)},
-                        "student": student_from, "distill": dataclasses.asdict(settings),
-                        "hyperparameters": {k: v for k, v in cfg.to_dict().items()
-                                            if k not in ("options", "out", "run_dir", "base", "data", "eval")},
-                        "data": {"train": data_lineage(train_ds),
-                                 "eval": data_lineage(eval_ds) if cfg.eval else
-                                 {"held_out_of_train": cfg.val_split, "records": len(eval_ds)}},
-                        "oficina": __version__}
-            parent = student_base.entry.ref if student_base and student_base.entry else (
-                teacher_base.entry.ref if teacher_base.entry else None)
-            out.entry = register_folder(reg, cfg.out, out.folder, parent, producer, out.metrics)
+            out.entry = _publish(run, out, teacher_base, student_base, student_from, train_ds, eval_ds)
     return out
 
 
+def _side(ref: str, m: nn.Module, kl: float | None, batches: Batches) -> Side:
+    n = sum(p.numel() for p in m.parameters())
+    ppl, speed = measure(m, batches)
+    return Side(ref, n, 4 * n, ppl, speed, kl)
+
+
+def _publish(run: Session, out: DistillResult, teacher: Base, student: Base | None, student_from: dict,
+             train_ds, eval_ds) -> Entry:
+    cfg = out.config
+    producer = {"op": "distill", "teacher": {"ref": teacher.lineage_ref, "digest": teacher.id},
+                "student": student_from, "distill": dataclasses.asdict(out.settings),
+                "hyperparameters": {k: v for k, v in cfg.to_dict().items()
+                                    if k not in ("options", "out", "run_dir", "base", "data", "eval")},
+                "data": {"train": data_lineage(train_ds), "eval": eval_lineage(cfg, eval_ds)},
+                "oficina": __version__}
+    parent = student.entry.ref if student and student.entry else (teacher.entry.ref if teacher.entry else None)
+    return run.reg.publish(cfg.out, out.folder, parent=parent, producer=producer, metrics=out.metrics)
+
+
 def _metrics(r: DistillResult) -> dict[str, Any]:
-    lp = r.loop
-    return {"train_loss": lp.train_loss, "steps": lp.steps, "tokens": lp.tokens,
-            "tokens_per_s": round(lp.tokens_per_s, 1), "train_seconds": round(lp.seconds, 2),
-            "wall_seconds": round(lp.wall_seconds, 2), "peak_memory": lp.peak_memory,
+    return {**loop_metrics(r.loop),
             "parameters": r.student.parameters, "teacher_parameters": r.teacher.parameters,
             "val_perplexity": r.student.perplexity, "val_perplexity_before": r.student_before.perplexity,
             "teacher_val_perplexity": r.teacher.perplexity, "val_kl": r.student.kl,
             "val_kl_before": r.student_before.kl, "forward_tokens_per_s": round(r.student.tokens_per_s, 1),
             "teacher_forward_tokens_per_s": round(r.teacher.tokens_per_s, 1)}
-
-
-def _fingerprint(cfg: TuneConfig, settings: DistillConfig, train_ds, eval_ds, teacher, student_from) -> str:
-    import hashlib
-    import json
-
-    skip = {"out", "run_dir", "log_every", "keep_checkpoints", "forgetting", "options"}
-    blob = [{k: v for k, v in cfg.to_dict().items() if k not in skip}, dataclasses.asdict(settings),
-            train_ds.digest, eval_ds.digest if eval_ds else None, base_id(teacher), student_from]
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _count(model: nn.Module) -> str:

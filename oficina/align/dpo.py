@@ -27,9 +27,8 @@ from torch import nn
 from ..errors import InvalidOptions
 from ..registry.registry import Registry
 from ..report import reporter
-from ..tuning import loop
 from ..tuning.config import TuneConfig
-from ..tuning.run import init_distributed, pad_id
+from ..tuning.session import pad_id
 from ..tuning.tasks import TASKS
 from . import common, pairs
 
@@ -87,38 +86,31 @@ def evaluator(batches: pairs.PairBatches, settings: DPOConfig):
 def dpo(cfg: TuneConfig, settings: DPOConfig | None = None, registry: Registry | None = None,
         resume: bool = False) -> common.AlignResult:
     settings = settings or DPOConfig()
-    reg = registry or Registry()
-    rank, world = init_distributed()
     cfg = common.with_lr(cfg, LEARNING_RATES)
     train_ds, eval_ds = common.read_pairs(cfg)
     task = TASKS["causal"]
-    opened = common.open_model(cfg, task, (), reg)
-    ctx = common.context(opened.base, cfg)
+    run = common.start(cfg, "dpo", task, (), registry)
+    ctx = common.context(run.base, cfg)
     train_pairs = pairs.encode(train_ds, ctx)
     eval_pairs = pairs.encode(eval_ds, ctx) if eval_ds else []
-    pad = pad_id(opened.base.tokenizer)
-    model = opened.model
-    with reporter().progress("reference log-probabilities", None):
+    pad = pad_id(run.base.tokenizer)
+    model = run.model
+    with reporter().progress("reference log-probabilities", None), common.autocast(cfg, model):
         ref_train = pairs.score_pairs(model, train_pairs, cfg.batch_size, pad, pairs.sequence_logps)
         ref_eval = pairs.score_pairs(model, eval_pairs, cfg.batch_size, pad, pairs.sequence_logps)
     batches = pairs.PairBatches(train_pairs, cfg.batch_size, pad, cfg.seed, extra={"ref_logps": ref_train},
-                                rank=rank, world=world)
+                                rank=run.rank, world=run.world)
     evaluate = evaluator(pairs.PairBatches(eval_pairs, cfg.batch_size, pad, shuffle=False,
                                            extra={"ref_logps": ref_eval}), settings) if eval_pairs else None
-    before = common.evaluate_now(evaluate, model)
-    run_dir = common.run_dir(cfg, reg, "dpo")
-    reporter().note(f"dpo ({opened.method.name}, beta {settings.beta:g}) on {opened.base.ref}: "
-                    f"{opened.trainable:,} of {opened.parameters:,} parameters train; {len(train_pairs)} "
+    before = common.evaluate_now(evaluate, model, cfg)
+    reporter().note(f"dpo ({run.method.name}, beta {settings.beta:g}) on {run.base.ref}: "
+                    f"{run.trainable:,} of {run.parameters:,} parameters train; {len(train_pairs)} "
                     f"training and {len(eval_pairs)} held-out pairs"
                     + (f"; held-out preference accuracy before {before['accuracy']:.1%}" if before else ""))
-    result = loop.train(model, batches, cfg, run_dir, loss_fn(settings), evaluate, resume=resume, label="dpo",
-                        fingerprint=common.fingerprint(cfg, settings, train_ds, eval_ds, opened.base))
-    artifact = run_dir / ("adapter" if opened.method.artifact == "adapter" else "model")
-    r = common.AlignResult("dpo", cfg, opened.method.name, run_dir, artifact, opened.trainable, opened.parameters,
-                           result, before, dict(result.val), dataclasses.asdict(settings))
-    if rank == 0:
-        r.metrics = common.metrics(r)
+    result = common.train(run, cfg, settings, batches, loss_fn(settings), evaluate, resume, train_ds, eval_ds, "dpo")
+    r = common.result(run, "dpo", cfg, result, before, dataclasses.asdict(settings))
+    if run.rank == 0:
         extra = {"dpo": dataclasses.asdict(settings),
                  "preference_accuracy": {"before": before.get("accuracy"), "after": r.after.get("accuracy")}}
-        common.publish(r, opened, task, (), reg, train_ds, eval_ds, extra)
+        common.publish(r, run, task, (), train_ds, eval_ds, extra)
     return r

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import FormatError
 from ..tuning import data as tdata
-from ..tuning.batches import Batch, Row, collate
+from ..tuning.batches import Batch, Row, collate, per_rank, shard
 from ..tuning.tasks import IGNORE, Context, Example, encode_causal, unwrap
 
 FIELDS = tdata.SHAPES["preference"][0]
@@ -73,15 +73,11 @@ class PairBatches:
         idx = list(range(len(self.pairs)))
         if self.shuffle:
             random.Random(f"{self.seed}/{epoch}").shuffle(idx)
-        batches = [idx[s:s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
-        if self.world > 1:
-            short = -len(batches) % self.world
-            batches = (batches + batches[:short])[self.rank::self.world]
-        return batches
+        return shard([idx[s:s + self.batch_size] for s in range(0, len(idx), self.batch_size)],
+                     self.rank, self.world)
 
     def __len__(self) -> int:
-        n = -(-len(self.pairs) // self.batch_size)
-        return -(-n // self.world)
+        return per_rank(len(self.pairs), self.batch_size, self.world)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         for b in self.order(epoch)[start:]:

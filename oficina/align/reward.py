@@ -27,10 +27,10 @@ from torch import nn
 from ..errors import OficinaError
 from ..registry.registry import Registry
 from ..report import reporter
-from ..tuning import loop
 from ..tuning.batches import Row, collate
 from ..tuning.config import TuneConfig
-from ..tuning.run import init_distributed, pad_id, load_tuned
+from ..tuning.run import load_tuned
+from ..tuning.session import pad_id
 from ..tuning.tasks import TASKS, Context
 from . import common, pairs
 
@@ -72,34 +72,27 @@ def evaluator(batches: pairs.PairBatches):
 
 
 def reward(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False) -> common.AlignResult:
-    reg = registry or Registry()
-    rank, world = init_distributed()
     cfg = common.with_lr(cfg, LEARNING_RATES)
     train_ds, eval_ds = common.read_pairs(cfg)
     task = TASKS["classification"]
-    opened = common.open_model(cfg, task, LABELS, reg)
-    ctx = common.context(opened.base, cfg)
+    run = common.start(cfg, "reward", task, LABELS, registry)
+    ctx = common.context(run.base, cfg)
     train_pairs = pairs.encode(train_ds, ctx)
     eval_pairs = pairs.encode(eval_ds, ctx) if eval_ds else []
-    pad = pad_id(opened.base.tokenizer)
-    model = opened.model
-    batches = pairs.PairBatches(train_pairs, cfg.batch_size, pad, cfg.seed, rank=rank, world=world)
+    pad = pad_id(run.base.tokenizer)
+    model = run.model
+    batches = pairs.PairBatches(train_pairs, cfg.batch_size, pad, cfg.seed, rank=run.rank, world=run.world)
     evaluate = evaluator(pairs.PairBatches(eval_pairs, cfg.batch_size, pad, shuffle=False)) if eval_pairs else None
-    before = common.evaluate_now(evaluate, model)
-    run_dir = common.run_dir(cfg, reg, "reward")
-    reporter().note(f"reward model ({opened.method.name}) on {opened.base.ref}: {opened.trainable:,} of "
-                    f"{opened.parameters:,} parameters train; {len(train_pairs)} training and "
+    before = common.evaluate_now(evaluate, model, cfg)
+    reporter().note(f"reward model ({run.method.name}) on {run.base.ref}: {run.trainable:,} of "
+                    f"{run.parameters:,} parameters train; {len(train_pairs)} training and "
                     f"{len(eval_pairs)} held-out pairs")
-    result = loop.train(model, batches, cfg, run_dir, loss, evaluate, resume=resume, label="reward",
-                        fingerprint=common.fingerprint(cfg, RewardConfig(), train_ds, eval_ds, opened.base))
-    artifact = run_dir / ("adapter" if opened.method.artifact == "adapter" else "model")
-    r = common.AlignResult("reward", cfg, opened.method.name, run_dir, artifact, opened.trainable,
-                           opened.parameters, result, before, dict(result.val))
-    if rank == 0:
-        r.metrics = common.metrics(r)
+    result = common.train(run, cfg, RewardConfig(), batches, loss, evaluate, resume, train_ds, eval_ds, "reward")
+    r = common.result(run, "reward", cfg, result, before)
+    if run.rank == 0:
         extra = {"reward_model": {"loss": "bradley-terry", "head": list(LABELS)},
                  "preference_accuracy": {"before": before.get("accuracy"), "after": r.after.get("accuracy")}}
-        common.publish(r, opened, task, LABELS, reg, train_ds, eval_ds, extra)
+        common.publish(r, run, task, LABELS, train_ds, eval_ds, extra)
     return r
 
 

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from ..errors import OficinaError
-from .common import console, count, short
+from .common import console, count
 from .pretrain import LOOP_FLAGS, loop_flags, tune_config
+from .tune import registered_row, summary_table
 
 PAIR_FLAGS = ("data", "out", "method", "truncate") + LOOP_FLAGS
 
@@ -55,14 +56,10 @@ def _registry():
 
 
 def _print(r, what: str) -> None:
-    from rich.table import Table
-
     m = r.metrics
     if not m:
         return
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
+    t = summary_table()
     t.add_row("trained", f"{what}, {r.method}: {count(r.trainable)} of {count(r.parameters)} parameters")
     t.add_row("steps", f"{m['steps']} ({m['epochs']:g} epochs), train loss {m['train_loss']:.4f}")
     if "accuracy" in r.before:
@@ -77,9 +74,7 @@ def _print(r, what: str) -> None:
     t.add_row("speed", f"{m['tokens_per_s']:,.0f} tokens/s, {m['wall_seconds']:.1f}s wall")
     t.add_row("saved", str(r.artifact))
     t.add_row("loss curve", str(r.curve))
-    if r.entry is not None:
-        t.add_row("registered", f"{short(r.entry.name)} version {r.entry.version} "
-                                f"(from {r.entry.parent or r.config.base})")
+    registered_row(t, r)
     console().print(t)
 
 

@@ -9,6 +9,7 @@ import typing
 
 from ..errors import OficinaError
 from .common import console, count, human, literal, registry, short
+from .tune import summary_table
 
 # the shared loop's settings, as flags (TuneConfig's names and help; one home for both)
 LOOP_FLAGS = ("learning_rate", "schedule", "warmup_steps", "epochs", "max_steps", "batch_size", "grad_accum",
@@ -85,12 +86,8 @@ def pretrain(args) -> None:
 
 
 def _print_plan(plan) -> None:
-    from rich.table import Table
-
     a, s, t = plan.config.arch, plan.size, plan.config.train
-    tbl = Table(show_header=False, box=None, pad_edge=False)
-    tbl.add_column(style="bold")
-    tbl.add_column()
+    tbl = summary_table()
     tbl.add_row("model", f"{plan.family.like} {plan.family.kind} ({plan.family.model_class}), "
                          f"objective {plan.objective.name}: {plan.objective.summary}")
     shape = f"{a.layers} layers" + (f" + {a.decoder_layers} decoder layers" if a.decoder_layers else "")
@@ -110,14 +107,10 @@ def _print_plan(plan) -> None:
 
 
 def _print_pretrain(r) -> None:
-    from rich.table import Table
-
     m = r.metrics
     if not m:
         return
-    tbl = Table(show_header=False, box=None, pad_edge=False)
-    tbl.add_column(style="bold")
-    tbl.add_column()
+    tbl = summary_table()
     tbl.add_row("steps", f"{m['steps']} ({m['epochs']:g} epochs, {count(m['tokens'])} tokens)")
     tbl.add_row("train loss", _num(m.get("train_loss")))
     for v in r.loop.val_history:

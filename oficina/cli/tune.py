@@ -62,15 +62,28 @@ def tune(args) -> int | None:
     return None
 
 
-def _print_result(r) -> None:
+def summary_table():
+    """The two-column table (bold names, values) a training command reports its result in."""
     from rich.table import Table
 
-    m = r.metrics
-    if not m:  # a torchrun rank other than 0: rank 0 reports
-        return
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
+    return t
+
+
+def registered_row(t, r) -> None:
+    """The row saying which registry version a run became, when it became one."""
+    if r.entry is not None:
+        t.add_row("registered", f"{short(r.entry.name)} version {r.entry.version} "
+                                f"(from {r.entry.parent or r.config.base})")
+
+
+def _print_result(r) -> None:
+    m = r.metrics
+    if not m:  # a torchrun rank other than 0: rank 0 reports
+        return
+    t = summary_table()
     t.add_row("method", f"{r.method} ({r.task})")
     t.add_row("trainable", f"{count(r.trainable)} of {count(r.parameters)} ({m['trainable_percent']:.3g}%)")
     t.add_row("steps", f"{m['steps']} ({m['epochs']:g} epochs, {count(m['tokens'])} tokens)")
@@ -87,9 +100,7 @@ def _print_result(r) -> None:
     t.add_row("peak memory", human(m["peak_memory"]))
     t.add_row("saved", f"{human(r.artifact_bytes)} in {r.artifact}")
     t.add_row("loss curve", str(r.curve))
-    if r.entry is not None:
-        t.add_row("registered", f"{short(r.entry.name)} version {r.entry.version} "
-                                f"(from {r.entry.parent or r.config.base})")
+    registered_row(t, r)
     console().print(t)
 
 

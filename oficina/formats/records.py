@@ -36,15 +36,20 @@ def lines(text: str) -> list[str]:
 def jsonl(path: Path, text: str) -> Iterator[tuple[dict, str]]:
     """One JSON object per line; blank lines are skipped."""
     for n, line in enumerate(lines(text), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise FormatError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        yield obj, f"{path}:{n}"
+        if line.strip():
+            yield json_object(line, f"{path}:{n}"), f"{path}:{n}"
+
+
+def json_object(line: str, where: str, expected: str | None = None) -> dict:
+    """The JSON object on one line of a record file (``where``: ``file:line``); else one error
+    line saying where and what was ``expected``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: {expected or f'expected a JSON object, got {type(obj).__name__}'}")
+    return obj
 
 
 def csv_rows(path: Path, text: str) -> Iterator[tuple[dict, str]]:

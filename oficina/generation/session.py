@@ -98,7 +98,7 @@ class LazyLoaded:
         if self.hf_folder is not None:
             from ..models.loader import load_tokenizer
 
-            self.tokenizer = load_tokenizer(self.hf_folder, self.info)
+            self.tokenizer = load_tokenizer(self.hf_folder, self.label)
         else:  # a GGUF seen for the first time: the conversion gives tokenizer and config
             self._materialize()
 

@@ -54,77 +54,95 @@ def load_folder(folder: Path, fmt: str | None = None, dtype: torch.dtype | None 
     info = info or describe(folder, fmt)
     check_loadable(info, label)
     if info.format == "gguf":
-        gguf = sorted(folder.glob("*.gguf"))[0] if folder.is_dir() else folder
+        gguf = gguf_file(folder)
         if cache is not None:
             return _load_gguf_cached(gguf, info, dtype, cache, label)
         model, tokenizer = _from_pretrained(gguf.parent, info, dtype, label, gguf_file=gguf.name)
     else:
-        from ..quant.torch_quant import is_packed
-
-        if is_packed(folder):
-            model, tokenizer = _from_packed(folder, info, dtype)
-        else:
-            model, tokenizer = _from_pretrained(folder, info, dtype, label)
+        model, tokenizer = _from_pretrained(folder, info, dtype, label)
     return Loaded(model, tokenizer, info, folder)
 
 
-def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, label: str, **kwargs):
+def auto_class(kind: str) -> str:
+    """The transformers Auto class that holds a model of ``kind`` (``ModelInfo.kind``)."""
+    return AUTO_CLASSES[kind]
+
+
+def quiet_transformers() -> None:
+    """transformers logs and shows progress bars of its own; ours are enough."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="transformers")
+
+
+def load_tokenizer(folder: Path, label: str | None = None, **kwargs):
+    """The tokenizer of a model folder (or of the GGUF file ``gguf_file=`` in it), quietly, never
+    running the model's own code; a broken one is one ``FormatError`` line naming ``label``."""
     import transformers
 
-    auto = getattr(transformers, AUTO_CLASSES[info.kind])
-    _quiet_transformers()
+    quiet_transformers()
+    label = label or Path(folder).name
+    with no_tqdm():
+        # False, not the default None, which asks "[y/N]" on a terminal
+        try:
+            return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
+        except KeyError as e:  # converters index the file's dicts: tokenizer.json, GGUF metadata
+            raise FormatError(f"cannot load {label}: its tokenizer lacks the entry {_key(e)} "
+                              f"(in tokenizer.json, or tokenizer.ggml.* in a GGUF)") from None
+        except Exception as e:  # the tokenizers library raises plain Exception for a bad tokenizer.json
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FormatError(f"cannot load {label}: its tokenizer does not load ({first})") from None
+
+
+def load_torch(folder: Path, cls: str, dtype: torch.dtype | None = None, labels: tuple[str, ...] = (),
+               pad_id: int | None = None, label: str | None = None, architecture: str = "model",
+               **kwargs) -> torch.nn.Module:
+    """The weights of a Hugging Face folder (or ``gguf_file=`` in it) in transformers class
+    ``cls`` ("AutoModelForCausalLM", a task's class...), on the device, not yet in eval mode.
+    A folder ``oficina quantize`` packed keeps its own precision (``quant.torch_quant``) unless
+    ``labels`` asks for a new classification head. ``labels`` sizes that head; a decoder
+    classifier finds the last token by ``pad_id``. Errors are one ``FormatError`` line."""
+    import transformers
+
+    from ..quant.torch_quant import is_packed, load_packed
+
+    quiet_transformers()
+    folder = Path(folder)
+    label = label or folder.name
+    if labels:
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={lab: i for i, lab in enumerate(labels)})
     try:
         with no_tqdm():
-            # never import a model's own Python files (info.refuse_remote_code said so already);
-            # False, not the default None, which asks "[y/N]" on a terminal
-            try:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
-            except KeyError as e:  # converters index the file's dicts: tokenizer.json, GGUF metadata
-                raise FormatError(f"cannot load {label}: its tokenizer lacks the entry {_key(e)} "
-                                  f"(in tokenizer.json, or tokenizer.ggml.* in a GGUF)") from None
-            except Exception as e:  # the tokenizers library raises plain Exception for a bad tokenizer.json
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise FormatError(f"cannot load {label}: its tokenizer does not load ({first})") from None
-            model = auto.from_pretrained(str(folder), dtype=dtype or torch.float32,
-                                         trust_remote_code=False, **kwargs)
+            if not labels and "gguf_file" not in kwargs and is_packed(folder):
+                model = load_packed(folder, cls)
+            else:
+                model = getattr(transformers, cls).from_pretrained(
+                    str(folder), dtype=dtype or torch.float32, trust_remote_code=False, **kwargs)
     except KeyError as e:  # transformers' GGUF converters index dicts from the file
         raise FormatError(f"cannot load {label}: its files lack the entry {_key(e)} that a "
-                          f"{info.architecture} model needs") from None
+                          f"{architecture} model needs") from None
     except (OSError, ValueError, RuntimeError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(f"cannot load {label} ({info.architecture}): {first}") from None
-    model.eval().to(device())
-    return model, tokenizer
+        raise FormatError(f"cannot load {label} ({architecture}): {first}") from None
+    if labels and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_id  # decoder classifiers find the last token by the pad id
+    return model.to(device())
 
 
-def load_tokenizer(folder: Path, info: ModelInfo | None = None):
-    """The tokenizer of a Hugging Face folder alone (no weights)."""
-    import transformers
-
-    _quiet_transformers()
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(f"cannot load the tokenizer from {Path(folder).name}: {first}") from None
+def _from_pretrained(folder: Path, info: ModelInfo, dtype: torch.dtype | None, label: str, **kwargs):
+    tokenizer = load_tokenizer(folder, label, **kwargs)
+    model = load_torch(folder, auto_class(info.kind), dtype, label=label, architecture=info.architecture,
+                       **kwargs)
+    return model.eval(), tokenizer
 
 
 def _key(e: KeyError) -> str:
     return repr(str(e.args[0])) if e.args else "(unnamed)"
-
-
-def _from_packed(folder: Path, info: ModelInfo, dtype):
-    """A folder ``oficina quantize`` packed (int8/int4 linears, or fp16/bf16): it keeps its own
-    precision, whatever ``dtype`` asks (oficina.quant.torch_quant)."""
-    import transformers
-
-    from ..quant.torch_quant import load_packed
-
-    _quiet_transformers()
-    with no_tqdm():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-        model = load_packed(folder, AUTO_CLASSES[info.kind])
-    return model.to(device()), tokenizer
 
 
 def gguf_file(folder: Path) -> Path:
@@ -209,14 +227,3 @@ def gguf_progress(description: str, total_bytes: int):
             yield
         finally:
             gguf_utils.tqdm = original
-
-
-def _quiet_transformers() -> None:
-    """transformers logs and shows progress bars of its own; ours are enough."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="transformers")

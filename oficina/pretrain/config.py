@@ -18,14 +18,12 @@ Everything that cannot work is refused here, before any compute, naming the fiel
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptions
-from ..tuning.config import TuneConfig, coerce
+from ..tuning.config import TuneConfig, coerce, digest, read_yaml
 from .families import FAMILIES, family
 
 
@@ -128,7 +126,7 @@ class PretrainConfig:
         skip = {"out", "run_dir", "log_every", "keep_checkpoints", "forgetting", "base", "data"}
         train = {k: v for k, v in self.train.to_dict().items() if k in LOOP_FIELDS and k not in skip}
         blob = [self.arch.to_dict(), dataclasses.asdict(self.objective), train, *extra]
-        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return digest(blob)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -162,21 +160,11 @@ class PretrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> PretrainConfig:
-        import yaml
-
-        p = Path(path).expanduser()
+        data, base_dir = read_yaml(path, "config")
         try:
-            data = yaml.safe_load(p.read_text())
-        except OSError as e:
-            raise InvalidOptions(f"cannot read config {p}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{p}:{mark.line + 1}" if mark else str(p)
-            raise InvalidOptions(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        try:
-            return cls.from_mapping(data or {}, base_dir=p.resolve().parent)
+            return cls.from_mapping(data, base_dir=base_dir)
         except InvalidOptions as e:
-            raise InvalidOptions(f"{p.name}: {e}") from None
+            raise InvalidOptions(f"{Path(path).expanduser().name}: {e}") from None
 
     def with_overrides(self, train: dict[str, Any] | None = None, **recipe: Any) -> PretrainConfig:
         """The same recipe with loop settings (``train``, TuneConfig names) and recipe fields

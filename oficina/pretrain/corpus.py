@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
+from ..formats.records import json_object
 from ..report import reporter
 
 SUFFIXES = (".txt", ".jsonl")
@@ -104,15 +105,13 @@ def _txt(p: Path) -> Iterator[tuple[str, str]]:
 
 
 def _jsonl(p: Path) -> Iterator[tuple[str, str]]:
+    expected = 'expected {"text": "..."} (one document a line)'
     for n, line in _lines(p):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise FormatError(f'{p}:{n}: expected {{"text": "..."}} (one document a line)')
+        obj = json_object(line, f"{p}:{n}", expected)
+        if not isinstance(obj.get("text"), str):
+            raise FormatError(f"{p}:{n}: {expected}")
         if obj["text"].strip():
             yield obj["text"], f"{p}:{n}"
 

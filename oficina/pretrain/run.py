@@ -8,9 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from ..errors import InvalidOptions, OficinaError
 from ..registry.registry import Entry, Registry
 from ..report import reporter
 from ..tuning import loop
-from ..tuning.run import init_distributed, slug
+from ..tuning.session import Session, atomic_folder, loop_metrics
 from .blocks import BlockBatches
 from .config import LOOP_FIELDS, PretrainConfig
 from .corpus import Corpus, Tokens, held_out, tokenize, tokenizer_digest, unigram_perplexity
@@ -82,14 +79,12 @@ def check_vocab(cfg: PretrainConfig, tok, source: str) -> PretrainConfig:
 
 def prepare(cfg: PretrainConfig, data: str | Path, out: str | None = None,
             registry: Registry | None = None, tokenizer: str | None = None) -> Plan:
-    reg = registry or Registry()
-    rank, world = init_distributed()
+    session = Session(registry, cfg.train.run_dir, out or f"pretrain-{cfg.arch.family}")
+    reg, rank, world, run_dir = session.reg, session.rank, session.world, session.run_dir
     corpus = Corpus.open(data)
     eval_corpus = Corpus.open(cfg.train.eval) if cfg.train.eval else None
     fam = family(cfg.arch.family)
     obj = objective(fam.objective)
-    run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else reg.home / "runs" / slug(
-        out or f"pretrain-{cfg.arch.family}")
     ref = tokenizer or cfg.tokenizer
     if ref:
         tok = load_tokenizer(ref, reg)
@@ -139,7 +134,8 @@ def pretrain(plan: Plan, resume: bool = False) -> PretrainResult:
     from ..models.loader import device
 
     cfg, obj, sp, tok = plan.config, plan.objective, plan.special, plan.tokenizer
-    rank, world = init_distributed()
+    run = Session(plan.registry, plan.run_dir, "")
+    rank, world = run.rank, run.world
     length, seed = cfg.train.max_length, cfg.train.seed
     if rank == 0:
         tokens = tokenize(plan.corpus, tok, plan.run_dir / "tokens", cfg.train.val_split, seed, plan.eval_corpus)
@@ -178,9 +174,7 @@ def pretrain(plan: Plan, resume: bool = False) -> PretrainResult:
                     f"{obj.name} objective; {batches.token_count:,} training tokens in {batches.blocks:,} "
                     f"blocks of {length} ({tokens.documents[0]:,} documents), {val_batches.token_count:,} "
                     f"validation tokens; unigram perplexity {unigram:.1f}; run folder {plan.run_dir}")
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    result = loop.train(model, batches, loop_cfg, plan.run_dir, obj.loss, evaluate, resume=resume,
-                        fingerprint=fingerprint, label="pretrain")
+    result = run.train(model, batches, loop_cfg, obj.loss, evaluate, resume, fingerprint, label="pretrain")
     out = PretrainResult(plan, model, result, plan.run_dir / "model", tokens, unigram, ppl_init)
     if rank == 0:
         save_model(model, tok, cfg.arch.context_length, out.folder)
@@ -189,8 +183,8 @@ def pretrain(plan: Plan, resume: bool = False) -> PretrainResult:
         out.samples = samples(model, tok, plan.family.kind, cfg.samples, sp, cfg.arch.context_length, seed)
         out.metrics = _metrics(out)
         if plan.out:
-            out.entry = register_folder(plan.registry, plan.out, out.folder, parent=None,
-                                        producer=_producer(out, fingerprint), metrics=out.metrics)
+            out.entry = plan.registry.publish(plan.out, out.folder, producer=_producer(out, fingerprint),
+                                              metrics=out.metrics)
     return out
 
 
@@ -211,10 +205,7 @@ def _evaluator(obj: Objective, batches: BlockBatches):
 
 def _metrics(r: PretrainResult) -> dict[str, Any]:
     lp, size = r.loop, r.plan.size
-    m = {"train_loss": lp.train_loss, "steps": lp.steps, "epochs": round(lp.epochs, 3), "tokens": lp.tokens,
-         "tokens_per_s": round(lp.tokens_per_s, 1), "train_seconds": round(lp.seconds, 2),
-         "wall_seconds": round(lp.wall_seconds, 2), "peak_memory": lp.peak_memory,
-         "parameters": size.parameters, "memory_estimate": size.total,
+    m = {**loop_metrics(lp), "parameters": size.parameters, "memory_estimate": size.total,
          "unigram_perplexity": r.unigram_perplexity}
     if r.perplexity_init is not None:
         m["perplexity_init"] = r.perplexity_init
@@ -246,35 +237,12 @@ def save_model(model: nn.Module, tok, context_length: int | None, folder: Path) 
     """The model and its tokenizer as a Hugging Face folder, written atomically."""
     from ..models.loader import no_tqdm
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
-        with no_tqdm():
-            getattr(model, "module", model).save_pretrained(str(tmp), safe_serialization=True)
+    with atomic_folder(folder) as tmp, no_tqdm():
+        getattr(model, "module", model).save_pretrained(str(tmp), safe_serialization=True)
         if context_length:
             tok.model_max_length = context_length
         tok.save_pretrained(str(tmp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def register_folder(reg: Registry, name: str, folder: Path, parent: str | None, producer: dict,
-                    metrics: dict) -> Entry:
-    """A whole new model folder as a new version of ``name``, with its lineage."""
-    from ..models.info import describe
-    from ..registry.manifest import Manifest
-    from ..registry.sources import collect_files, store_files
-
-    fmt, files = collect_files(Path(folder))
-    manifest = Manifest(format=fmt, files=store_files(reg, files))
-    manifest.details = describe(reg.snapshot_for(manifest), fmt).summary()
-    return reg.add(name, manifest, parent=parent, producer=producer, metrics=metrics)
+    return Path(folder)
 
 
 def _barrier(world: int) -> None:

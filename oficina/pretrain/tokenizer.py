@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidOptions, OficinaError
+from ..registry.registry import Registry
 from ..report import reporter
 from .corpus import Corpus
 
@@ -106,18 +107,17 @@ def save(tok, out: Path) -> Path:
 
 def load_tokenizer(ref: str, registry=None):
     """A tokenizer from a folder (``tokenizer.json`` layout) or from a registry model."""
-    from transformers import AutoTokenizer
-
-    from ..models.loader import _quiet_transformers
+    from ..models.loader import quiet_transformers
+    from ..tuning.session import open_base
 
     path = Path(ref).expanduser()
-    _quiet_transformers()
     if path.is_dir() and not (path / "config.json").is_file():
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
         try:
             return AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as e:
             raise OficinaError(f"{path}: cannot read a tokenizer there ({str(e).splitlines()[0]})") from None
-    from ..registry.registry import Registry
-    from ..tuning.run import open_base
 
     return open_base(ref, registry or Registry()).tokenizer

@@ -14,7 +14,6 @@ refuses it without --allow-requantize); a warning says so.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from oficina.errors import OficinaError
@@ -49,8 +48,6 @@ def float_folder(reg: Registry, manifest: Manifest, workdir: Path) -> Path:
 
 
 def _unpack(snap: Path, out: Path) -> Path:
-    import transformers
-
     from .linear import dequantize_model
     from .torch_quant import load_packed
 
@@ -61,11 +58,11 @@ def _unpack(snap: Path, out: Path) -> Path:
     model.float()
     delattr(model.config, KEY)
     model.config.dtype = "float32"
-    from ..models.loader import no_tqdm
+    from ..models.loader import load_tokenizer, no_tqdm
 
     with no_tqdm():
         model.save_pretrained(out)
-    transformers.AutoTokenizer.from_pretrained(str(snap)).save_pretrained(out)
+    load_tokenizer(snap).save_pretrained(out)
     return out
 
 
@@ -80,10 +77,8 @@ def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | N
     """Quantize registry model ``name`` in PyTorch and register the packed result (lineage:
     parent = the source version, producer = what was done)."""
     from oficina.api import Model, resolve
-    from oficina.models.info import describe
     from oficina.models.loader import load_folder
     from oficina.options import Options
-    from oficina.registry.sources import collect_files, store_files
 
     from .torch_quant import quantize, save
 
@@ -97,14 +92,9 @@ def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | N
         result = quantize(model.torch_model, cfg)
         packed = Path(tmp) / "packed"
         save(model.torch_model, model.tokenizer, packed, result)
-        fmt, files = collect_files(packed)
-        refs = store_files(reg, files)
-        manifest = replace(entry.manifest, format=fmt, files=refs, adapters=[],
-                           params=dict(entry.manifest.params))
-        manifest.details = describe(reg.snapshot_for(manifest), fmt).summary()
-    new = reg.add(target, manifest, parent=entry.ref,
-                  producer={"op": "quantize", "source": entry.ref, "to": cfg.to, "group_size": result.group_size,
-                            "modules": len(result.modules)})
+        new = reg.publish(target, packed, parent=entry.ref, inherit=entry.manifest,
+                          producer={"op": "quantize", "source": entry.ref, "to": cfg.to,
+                                    "group_size": result.group_size, "modules": len(result.modules)})
     return new, result
 
 
@@ -123,15 +113,9 @@ def export_entry(reg: Registry, name: str, file_type: str, out_path: str | Path)
 def gguf_manifest(reg: Registry, manifest: Manifest, file_type: str) -> Manifest:
     """``manifest`` with its weights replaced by one GGUF file of ``file_type`` (Ollama's
     ``create --quantize``): PARAMETER/TEMPLATE/SYSTEM/... stay as they are."""
-    from oficina.models.info import describe
-    from oficina.registry.sources import store_files
-
     with tempfile.TemporaryDirectory(dir=_tmp(reg)) as tmp:
         out = _export(float_folder(reg, manifest, Path(tmp)), Path(tmp) / "model.gguf", file_type)
-        refs = store_files(reg, [("model.gguf", out)])
-    new = replace(manifest, format="gguf", files=refs, params=dict(manifest.params))
-    new.details = describe(reg.snapshot_for(new), "gguf").summary()
-    return new
+        return reg.manifest_for(out, inherit=manifest, keep_adapters=True)
 
 
 def _export(folder: Path, out: Path, file_type: str) -> Path:

@@ -214,6 +214,34 @@ class Registry:
         self._release()  # the blobs this registry stored are referenced now
         return self.get(Ref(ref.name, version))
 
+    def publish(self, name: str, source: Path | list, *, fmt: str | None = None, parent: str | None = None,
+                producer: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                inherit: Manifest | None = None, details: dict[str, Any] | None = None,
+                keep_adapters: bool = False, adapter_of: Manifest | None = None, **fields: Any) -> Entry:
+        """Publish a new version of ``name`` made of ``source`` (a folder or file to store, or
+        stored ``FileRef``s with ``fmt``): its manifest inherits ``inherit``'s Modelfile fields,
+        is described from the files (plus ``details``) and added with its lineage; ``fields``:
+        ``license``, ``license_from_file``. With ``adapter_of``, ``source`` is an adapter folder
+        stored as the next adapter layer of that manifest instead (``fields``: ``keep``, which
+        of its file names belong to the adapter). The one way every producer makes a version
+        (``publish.py``); ``add`` only records a manifest made elsewhere."""
+        # publish.py needs sources.py and models/, which import this module: imported late
+        from .publish import stacked_manifest
+
+        if adapter_of is not None:
+            manifest = stacked_manifest(self, adapter_of, Path(source), fields["keep"], details or {})
+        else:
+            manifest = self.manifest_for(source, fmt=fmt, inherit=inherit, details=details,
+                                         keep_adapters=keep_adapters, **fields)
+        return self.add(name, manifest, parent=parent, producer=producer, metrics=metrics)
+
+    def manifest_for(self, source: Path | list, **kwargs) -> Manifest:
+        """``publish``'s manifest without adding a version (a base to layer on, create's FROM)."""
+        # publish.py needs sources.py and models/, which import this module: imported late
+        from .publish import stored_manifest
+
+        return stored_manifest(self, source, **kwargs)
+
     def set_metrics(self, entry: Entry, metrics: dict[str, Any]) -> None:
         merged = {**entry.metrics, **metrics}
         with self._tx():

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from ..errors import FormatError, ModelNotFound, SourceError
 from ..report import reporter
-from .manifest import FileRef, Manifest, safe_relpath
+from .manifest import FileRef, safe_relpath
 from .names import parse_ref
 from .registry import Entry, Registry
 from .store import iter_file
@@ -117,7 +117,7 @@ def _pull_catalog(reg: Registry, entry: CatalogEntry, name: str) -> Entry:
                 raise SourceError(f"{short(entry.name)}/{f.path}: sha256 mismatch "
                                   f"(expected {f.sha256[:12]}…, got {digest[7:19]}…); not registered")
             refs.append(FileRef(f.path, digest, size))
-    return _register(reg, name, entry.format, refs, license=[entry.license],
+    return _publish(reg, name, entry.format, refs, license=[entry.license],
                      producer={"op": "pull", "source": f"catalog:{short(entry.name)}",
                                "packages": list(entry.packages)})
 
@@ -240,8 +240,8 @@ def _check_safetensors(paths: list[Path]) -> None:
 def import_path(reg: Registry, path: Path, name: str, root: Path | None = None, **extra) -> Entry:
     fmt, files = collect_files(path, root)
     refs = store_files(reg, files)
-    return _register(reg, name, fmt, refs, producer={"op": "import", "source": str(path.resolve())},
-                     **extra)
+    return _publish(reg, name, fmt, refs, producer={"op": "import", "source": str(path.resolve())},
+                    **extra)
 
 
 def store_files(reg: Registry, files: list[tuple[str, Path]]) -> list[FileRef]:
@@ -255,21 +255,14 @@ def store_files(reg: Registry, files: list[tuple[str, Path]]) -> list[FileRef]:
     return refs
 
 
-def _register(reg: Registry, name: str, fmt: str, refs: list[FileRef], producer: dict,
-              license: list[str] | None = None, parent: str | None = None) -> Entry:
-    from ..models.info import describe
-
+def _publish(reg: Registry, name: str, fmt: str, refs: list[FileRef], producer: dict,
+             license: list[str] | None = None, parent: str | None = None) -> Entry:
     current = reg.find(name)
     if current is not None and current.manifest.files == refs:
         reporter().note(f"{short(current.name)} is up to date (version {current.version})")
         return current
-    manifest = Manifest(format=fmt, files=refs, license=license or [])
-    folder = reg.snapshot_for(manifest)
-    info = describe(folder, fmt)
-    manifest.details = info.summary()
-    if not manifest.license and info.license:
-        manifest.license = [info.license]
-    return reg.add(name, manifest, parent=parent, producer=producer)
+    return reg.publish(name, refs, fmt=fmt, parent=parent, producer=producer, license=license or [],
+                       license_from_file=True)
 
 
 # -- Hugging Face hub -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import FormatError, OficinaError
 from ..models.compat import cache_arg
+from ..models.loader import auto_class
 from ..report import reporter
 from .method import adapter_meta, get, method_of_adapter
 
@@ -59,7 +60,7 @@ def attach(model: nn.Module, root: Path, task, merge: bool = True) -> nn.Module:
             reporter().warn(f"adapter {i} is a GGUF LoRA; the torch engine cannot apply it, so it is ignored")
             continue
         method = get(method_of_adapter(folder))
-        if _virtual_tokens(model):
+        if virtual_tokens(model):
             raise OficinaError(f"adapter {i} ({method.name}) cannot go on top of a prompt/prefix-tuned "
                                f"model; tune the base model instead")
         model = method.load(model, folder, task)
@@ -68,7 +69,7 @@ def attach(model: nn.Module, root: Path, task, merge: bool = True) -> nn.Module:
     return model
 
 
-def _virtual_tokens(model: nn.Module) -> bool:
+def virtual_tokens(model: nn.Module) -> bool:
     cfg = getattr(model, "active_peft_config", None)
     return bool(getattr(cfg, "is_prompt_learning", False))
 
@@ -103,20 +104,19 @@ class VirtualTokens(nn.Module):
 
 
 def for_generation(model: nn.Module) -> nn.Module:
-    return VirtualTokens(model).eval() if _virtual_tokens(model) else model.eval()
+    return VirtualTokens(model).eval() if virtual_tokens(model) else model.eval()
 
 
 def attach_loaded(loaded, root: Path):
     """``models.loader.Loaded`` with the adapters under ``root`` applied, ready for the engine
     (what ``oficina.load`` does for a manifest with adapters)."""
-    from ..models.loader import AUTO_CLASSES
     from .tasks import for_model, load_model
 
     found = folders(root)
     task, labels = task_of(found)
     task = task or for_model(loaded.info.kind)
     model = loaded.model
-    if task.auto_class != AUTO_CLASSES[loaded.info.kind]:
+    if task.auto_class != auto_class(loaded.info.kind):
         model = load_model(task, loaded.folder, labels, pad_id=loaded.tokenizer.pad_token_id)
     model = attach(model, root, task, merge=True)
     return replace(loaded, model=for_generation(model))

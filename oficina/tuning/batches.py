@@ -80,6 +80,21 @@ def collate(rows: list[Row], pad_id: int) -> Batch:
     return Batch(inputs, int(mask.sum()))
 
 
+def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This rank's share of ``batches``: every rank gets as many (repeating the first ones, as
+    torch's DistributedSampler pads)."""
+    if world <= 1:
+        return batches
+    short = -len(batches) % world
+    return (batches + batches[:short])[rank::world]
+
+
+def per_rank(rows: int, batch_size: int, world: int) -> int:
+    """How many batches of ``rows`` one rank gets."""
+    batches = -(-rows // batch_size)
+    return -(-batches // world)
+
+
 class Batches:
     """The micro-batches of every epoch, deterministic in (seed, epoch, rank, world)."""
 
@@ -105,15 +120,10 @@ class Batches:
         batches = [idx[s:s + bs] for s in range(0, n, bs)]
         if self.group and self.shuffle:
             rng.shuffle(batches)
-        if self.world > 1:
-            # every rank gets as many batches (repeating the first ones, as DistributedSampler pads)
-            short = -len(batches) % self.world
-            batches = (batches + batches[:short])[self.rank::self.world]
-        return batches
+        return shard(batches, self.rank, self.world)
 
     def __len__(self) -> int:
-        n = -(-len(self.rows) // self.batch_size)
-        return -(-n // self.world)
+        return per_rank(len(self.rows), self.batch_size, self.world)
 
     def epoch(self, epoch: int, start: int = 0):
         """Micro-batches of ``epoch`` from index ``start`` (collated lazily)."""

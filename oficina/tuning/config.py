@@ -23,6 +23,12 @@ from typing import Any
 
 from ..errors import InvalidOptions
 
+
+def digest(value: Any) -> str:
+    """A short stable hash of JSON-able ``value``: every run's fingerprint (what determines the
+    trained weights; ``--resume`` refuses a checkpoint made with another)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 TASKS = ("auto", "causal", "classification", "seq2seq")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16")
@@ -117,7 +123,7 @@ class TuneConfig:
         return d
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.recipe(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return digest(self.recipe())
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -151,18 +157,25 @@ class TuneConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TuneConfig":
-        import yaml
+        data, base_dir = read_yaml(path, "recipe")
+        return cls.from_mapping(data, base_dir=base_dir)
 
-        p = Path(path).expanduser()
-        try:
-            data = yaml.safe_load(p.read_text())
-        except OSError as e:
-            raise InvalidOptions(f"cannot read recipe {p}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{p}:{mark.line + 1}" if mark else str(p)
-            raise InvalidOptions(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        return cls.from_mapping(data or {}, base_dir=p.resolve().parent)
+
+def read_yaml(path: str | Path, what: str) -> tuple[Any, Path]:
+    """A recipe or config file's YAML (``{}`` when empty) and the folder its relative paths
+    start from; a bad file is one line naming it (and the line of a YAML error)."""
+    import yaml
+
+    p = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise InvalidOptions(f"cannot read {what} {p}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise InvalidOptions(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return data or {}, p.resolve().parent
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

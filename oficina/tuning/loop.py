@@ -34,6 +34,7 @@ from ..report import reporter
 from . import checkpoint
 from .batches import Batches
 from .config import TuneConfig
+from .plot import loss_curve
 
 
 class Diverged(OficinaError):
@@ -98,123 +99,28 @@ def train(model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path,
           resume: bool = False, fingerprint: str = "", label: str | None = None) -> Result:
     """Train ``model``; ``label`` names the run in the progress bar and the loss curve
     (default: the recipe's method)."""
-    rank, world = _dist()
-    label = label or cfg.method
-    if len(batches) == 0:
-        raise OficinaError("no training batches: the training data is empty")
-    device = next(model.parameters()).device
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise OficinaError("nothing to train: the method left no parameter requiring grad")
-    opt = _optimizer([p for _, p in named], cfg)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    accum = cfg.grad_accum
-    per_epoch = max(1, -(-len(batches) // accum))
-    total = cfg.max_steps or (cfg.epochs or 1) * per_epoch  # tune resolves epochs=None first
-    log_every = cfg.log_every or max(1, total // 10)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-
-    st: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "tokens": 0, "seconds": 0.0,
-                          "history": [], "val_history": [], "fingerprint": fingerprint}
-    resumed_from, last_ckpt = None, None
+    run = _Run(model, batches, cfg, Path(run_dir), loss_fn, evaluate, fingerprint, label or cfg.method)
     if resume:
-        ck = checkpoint.latest(run_dir)
-        if ck is not None:
-            st = _restore(ck, named, opt, fingerprint)
-            resumed_from, last_ckpt = st["step"], ck
-            reporter().note(f"resuming from {ck.name} (step {st['step']} of {total})")
-        else:
-            reporter().note(f"no checkpoint in {run_dir}; starting from the beginning")
-    if st["step"] == 0 and rank == 0:
+        run.resume()
+    st, total = run.st, run.total  # after resume, which replaces the state
+    if st["step"] == 0 and run.rank == 0:
         for old in checkpoint.checkpoints(run_dir):  # a fresh run: stale checkpoints would mislead --resume
             shutil.rmtree(old, ignore_errors=True)
-
-    def save_checkpoint() -> Path | None:
-        path = None
-        if rank == 0:
-            tensors = {f"param/{n}": p for n, p in named}
-            opt_tensors, groups = checkpoint.optimizer_tensors(opt)
-            tensors.update(opt_tensors)
-            tensors["rng/cpu"] = torch.get_rng_state()
-            if torch.cuda.is_available():
-                tensors["rng/cuda"] = torch.cuda.get_rng_state()
-            meta = {**st, "param_groups": groups, "total_steps": total}
-            path = checkpoint.save(run_dir, st["step"], tensors, meta, keep=cfg.keep_checkpoints)
-            from .plot import loss_curve
-
-            loss_curve(st["history"], st["val_history"], Path(run_dir) / "loss.png",
-                       title=f"{label} on {Path(cfg.base).name or cfg.base}")
-        if world > 1:
-            torch.distributed.barrier()
-        return path
-
-    def run_eval() -> dict[str, float]:
-        if evaluate is None:
-            return {}
-        model.eval()
-        with torch.no_grad(), autocast:
-            metrics = evaluate(model)
-        model.train()
-        st["val_history"].append({"step": st["step"], **metrics})
-        return metrics
-
-    stop = _StopRequest(enabled=world == 1)
-    peak = _PeakMemory(device)
+    stop = _StopRequest(enabled=run.world == 1)
+    peak = _PeakMemory(run.device)
     model.train()
     wall0 = time.perf_counter()
     val: dict[str, float] = {}
-    with stop, peak, reporter().progress(f"{label}: training", total) as bar:
+    with stop, peak, reporter().progress(f"{run.label}: training", total) as bar:
         bar.advance(st["step"])
         while st["step"] < total:
             micro_batches = batches.epoch(st["epoch"], st["micro"])
             while st["step"] < total:
-                group = list(islice(micro_batches, accum))
+                group = list(islice(micro_batches, run.accum))
                 if not group:
                     break
-                t0 = time.perf_counter()
-                lr = schedule(cfg, st["step"], total)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                loss_sum, bad = 0.0, None
-                for i, b in enumerate(group):
-                    inputs = {k: v.to(device) for k, v in b.inputs.items()}
-                    sync = contextlib.nullcontext() if (world == 1 or i == len(group) - 1) else net.no_sync()
-                    with sync:
-                        with autocast:
-                            loss = loss_fn(net, inputs)
-                        value = float(loss.detach())
-                        if not math.isfinite(value):
-                            bad = value
-                            if world == 1:
-                                break
-                        (loss / len(group)).backward()
-                    loss_sum += value / len(group)
-                if world > 1:  # every rank must stop together, or the others wait forever
-                    flag = torch.tensor([0.0 if bad is None else 1.0], device=device)
-                    torch.distributed.all_reduce(flag)
-                    bad = float("nan") if flag.item() and bad is None else bad
-                if bad is not None:
-                    raise _diverged(st, bad, "loss", cfg, run_dir, last_ckpt)
-                if cfg.max_grad_norm:
-                    norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm))
-                    if not math.isfinite(norm):
-                        raise _diverged(st, norm, "gradient norm", cfg, run_dir, last_ckpt)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if world > 1:
-                    t = torch.tensor([loss_sum], device=device)
-                    torch.distributed.all_reduce(t)
-                    loss_sum = float(t) / world
-                st["step"] += 1
-                st["micro"] += len(group)
-                st["tokens"] += sum(b.tokens for b in group) * world
-                st["seconds"] += time.perf_counter() - t0
-                st["history"].append({"step": st["step"], "epoch": st["epoch"], "loss": loss_sum,
-                                      "lr": lr, "tokens": st["tokens"], "seconds": st["seconds"]})
-                rate = st["tokens"] / st["seconds"] if st["seconds"] else 0.0
-                bar.update(description=f"{label}: loss {loss_sum:.3f} · {rate:,.0f} tok/s")
+                loss_sum, rate = run.step(group)
+                bar.update(description=f"{run.label}: loss {loss_sum:.3f} · {rate:,.0f} tok/s")
                 bar.advance(1)
                 epoch_done = st["micro"] >= len(batches)
                 if epoch_done:
@@ -222,30 +128,145 @@ def train(model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path,
                     st["micro"] = 0
                 done = st["step"] >= total
                 if _due(cfg.eval_every, st["step"], epoch_done) or done:
-                    val = run_eval()
-                if st["step"] % log_every == 0 or done:
+                    val = run.run_eval()
+                if st["step"] % run.log_every == 0 or done:
                     extra = "".join(f" · val {k} {v:.4g}" for k, v in val.items()) if val else ""
                     reporter().note(f"step {st['step']}/{total} · epoch {st['epoch']} · loss "
                                     f"{loss_sum:.4f}{extra} · {rate:,.0f} tok/s")
                     val = {}
                 if _due(cfg.save_every, st["step"], epoch_done) or done or stop.requested:
-                    last_ckpt = save_checkpoint() or last_ckpt
+                    run.last_ckpt = run.save_checkpoint() or run.last_ckpt
                 if stop.requested:
                     raise Interrupted(f"interrupted at step {st['step']} of {total}; checkpoint "
                                       f"written to {run_dir}; run the same command with --resume "
                                       f"to continue")
                 if epoch_done:
                     break
-    final_val = st["val_history"][-1] if st["val_history"] else {}
-    tail = [h["loss"] for h in st["history"][-max(1, per_epoch):]]
-    return Result(steps=st["step"], total_steps=total, epochs=st["step"] / per_epoch,
-                  tokens=st["tokens"], seconds=st["seconds"],
-                  wall_seconds=time.perf_counter() - wall0,
-                  train_loss=sum(tail) / len(tail) if tail else None,
-                  val={k: v for k, v in final_val.items() if k != "step"},
-                  history=st["history"], val_history=st["val_history"],
-                  peak_memory=peak.peak, resumed_from=resumed_from,
-                  checkpoint=str(last_ckpt) if last_ckpt else None)
+    return run.result(time.perf_counter() - wall0, peak.peak)
+
+
+class _Run:
+    """One call of ``train``: the optimizer, the state a checkpoint holds (``st``) and the
+    pieces of the loop (an optimizer step, an evaluation, a checkpoint)."""
+
+    def __init__(self, model: nn.Module, batches: Batches, cfg: TuneConfig, run_dir: Path, loss_fn,
+                 evaluate, fingerprint: str, label: str):
+        self.rank, self.world = _dist()
+        if len(batches) == 0:
+            raise OficinaError("no training batches: the training data is empty")
+        self.model, self.cfg, self.run_dir, self.loss_fn, self.evaluate = model, cfg, run_dir, loss_fn, evaluate
+        self.fingerprint, self.label = fingerprint, label
+        self.device = next(model.parameters()).device
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self.named:
+            raise OficinaError("nothing to train: the method left no parameter requiring grad")
+        self.opt = _optimizer([p for _, p in self.named], cfg)
+        self.net = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.accum = cfg.grad_accum
+        self.per_epoch = max(1, -(-len(batches) // self.accum))
+        self.total = cfg.max_steps or (cfg.epochs or 1) * self.per_epoch  # tune resolves epochs=None first
+        self.log_every = cfg.log_every or max(1, self.total // 10)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        self.st: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "tokens": 0, "seconds": 0.0,
+                                   "history": [], "val_history": [], "fingerprint": fingerprint}
+        self.resumed_from: int | None = None
+        self.last_ckpt: Path | None = None
+
+    def resume(self) -> None:
+        ck = checkpoint.latest(self.run_dir)
+        if ck is None:
+            reporter().note(f"no checkpoint in {self.run_dir}; starting from the beginning")
+            return
+        self.st = _restore(ck, self.named, self.opt, self.fingerprint)
+        self.resumed_from, self.last_ckpt = self.st["step"], ck
+        reporter().note(f"resuming from {ck.name} (step {self.st['step']} of {self.total})")
+
+    def step(self, group: list) -> tuple[float, float]:
+        """One optimizer step over the micro-batches ``group``; (mean loss, tokens per second)."""
+        st, cfg, world, device = self.st, self.cfg, self.world, self.device
+        t0 = time.perf_counter()
+        lr = schedule(cfg, st["step"], self.total)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss_sum, bad = 0.0, None
+        for i, b in enumerate(group):
+            inputs = {k: v.to(device) for k, v in b.inputs.items()}
+            sync = contextlib.nullcontext() if (world == 1 or i == len(group) - 1) else self.net.no_sync()
+            with sync:
+                with self.autocast:
+                    loss = self.loss_fn(self.net, inputs)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    bad = value
+                    if world == 1:
+                        break
+                (loss / len(group)).backward()
+            loss_sum += value / len(group)
+        if world > 1:  # every rank must stop together, or the others wait forever
+            flag = torch.tensor([0.0 if bad is None else 1.0], device=device)
+            torch.distributed.all_reduce(flag)
+            bad = float("nan") if flag.item() and bad is None else bad
+        if bad is not None:
+            raise _diverged(st, bad, "loss", cfg, self.run_dir, self.last_ckpt)
+        if cfg.max_grad_norm:
+            norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in self.named], cfg.max_grad_norm))
+            if not math.isfinite(norm):
+                raise _diverged(st, norm, "gradient norm", cfg, self.run_dir, self.last_ckpt)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if world > 1:
+            t = torch.tensor([loss_sum], device=device)
+            torch.distributed.all_reduce(t)
+            loss_sum = float(t) / world
+        st["step"] += 1
+        st["micro"] += len(group)
+        st["tokens"] += sum(b.tokens for b in group) * world
+        st["seconds"] += time.perf_counter() - t0
+        st["history"].append({"step": st["step"], "epoch": st["epoch"], "loss": loss_sum,
+                              "lr": lr, "tokens": st["tokens"], "seconds": st["seconds"]})
+        return loss_sum, st["tokens"] / st["seconds"] if st["seconds"] else 0.0
+
+    def save_checkpoint(self) -> Path | None:
+        st, path = self.st, None
+        if self.rank == 0:
+            tensors = {f"param/{n}": p for n, p in self.named}
+            opt_tensors, groups = checkpoint.optimizer_tensors(self.opt)
+            tensors.update(opt_tensors)
+            tensors["rng/cpu"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                tensors["rng/cuda"] = torch.cuda.get_rng_state()
+            meta = {**st, "param_groups": groups, "total_steps": self.total}
+            path = checkpoint.save(self.run_dir, st["step"], tensors, meta, keep=self.cfg.keep_checkpoints)
+            loss_curve(st["history"], st["val_history"], self.run_dir / "loss.png",
+                       title=f"{self.label} on {Path(self.cfg.base).name or self.cfg.base}")
+        if self.world > 1:
+            torch.distributed.barrier()
+        return path
+
+    def run_eval(self) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            metrics = self.evaluate(self.model)
+        self.model.train()
+        self.st["val_history"].append({"step": self.st["step"], **metrics})
+        return metrics
+
+    def result(self, wall_seconds: float, peak_memory) -> Result:
+        st = self.st
+        final_val = st["val_history"][-1] if st["val_history"] else {}
+        tail = [h["loss"] for h in st["history"][-max(1, self.per_epoch):]]
+        return Result(steps=st["step"], total_steps=self.total, epochs=st["step"] / self.per_epoch,
+                      tokens=st["tokens"], seconds=st["seconds"], wall_seconds=wall_seconds,
+                      train_loss=sum(tail) / len(tail) if tail else None,
+                      val={k: v for k, v in final_val.items() if k != "step"},
+                      history=st["history"], val_history=st["val_history"],
+                      peak_memory=peak_memory, resumed_from=self.resumed_from,
+                      checkpoint=str(self.last_ckpt) if self.last_ckpt else None)
 
 
 def _due(every: int, step: int, epoch_done: bool) -> bool:

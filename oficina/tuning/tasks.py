@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FormatError, InvalidOptions
+from ..models.loader import AUTO_CLASSES, load_torch
 from .data import Dataset, Record
 
 IGNORE = -100  # label of a position that is not trained (torch cross_entropy's ignore_index)
@@ -227,12 +228,12 @@ def accuracy(model: nn.Module, batch: dict) -> dict[str, float]:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("causal", ("decoder-only",), "AutoModelForCausalLM", "CAUSAL_LM",
+    Task("causal", ("decoder-only",), AUTO_CLASSES["decoder-only"], "CAUSAL_LM",
          ("text", "instruction", "chat"), encode_causal, causal_loss, packable=True),
     Task("classification", ("encoder-only", "decoder-only"), "AutoModelForSequenceClassification",
          "SEQ_CLS", ("labelled",), encode_classification, model_loss,
          head=("classifier", "score"), score=accuracy),
-    Task("seq2seq", ("encoder-decoder",), "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM",
+    Task("seq2seq", ("encoder-decoder",), AUTO_CLASSES["encoder-decoder"], "SEQ_2_SEQ_LM",
          ("pair", "instruction"), encode_seq2seq, model_loss),
 )}
 
@@ -251,21 +252,4 @@ def for_model(kind: str, requested: str = "auto") -> Task:
 
 def load_model(task: Task, folder: Path, labels: tuple[str, ...] = (), pad_id: int | None = None) -> nn.Module:
     """The model in ``folder`` (a Hugging Face folder) in the task's class, fp32, on the device."""
-    import transformers
-
-    from ..models.loader import _quiet_transformers, device, no_tqdm
-
-    kwargs: dict[str, Any] = {}
-    if labels:
-        kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                  "label2id": {lab: i for i, lab in enumerate(labels)}}
-    _quiet_transformers()
-    from ..quant.torch_quant import is_packed, load_packed
-
-    if is_packed(folder) and not labels:  # `oficina quantize` output: int8/int4 QuantLinear layers
-        return load_packed(folder, task.auto_class).to(device())
-    with no_tqdm():
-        model = getattr(transformers, task.auto_class).from_pretrained(str(folder), dtype=torch.float32, **kwargs)
-    if labels and getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = pad_id  # decoder classifiers find the last token by the pad id
-    return model.to(device())
+    return load_torch(folder, task.auto_class, labels=labels, pad_id=pad_id)
