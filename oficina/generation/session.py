@@ -78,10 +78,11 @@ class LazyLoaded:
     needs them (scoring, inspection, the fallback runner)."""
 
     def __init__(self, folder: Path, fmt: str | None, cache: Path | None, label: str | None = None):
-        from ..models.info import describe
+        from ..models.info import check_loadable, describe
 
         self.source, self.fmt, self.cache, self.label = Path(folder), fmt, cache, label
         self.info = describe(self.source, fmt)
+        check_loadable(self.info, label or self.source.name)  # declared sizes vs the file, remote code
         self.folder = self.source
         self._model = None
         self.tokenizer = None
