@@ -76,7 +76,12 @@ def _logits(m, ids):
         if m.info.kind == "encoder-decoder":
             start = torch.tensor([[tm.config.decoder_start_token_id]])
             return tm(input_ids=torch.tensor([ids]), decoder_input_ids=start).logits[0, -1]
-        return tm(input_ids=torch.tensor([ids])).logits[0, -1]
+        ref = tm(input_ids=torch.tensor([ids])).logits[0, -1]
+    # predict shows what generation samples from: the runner's logits (the fast decoder equals
+    # transformers within 1e-4 at float32, tests/test_fast.py), checked here against the module
+    got = m.engine.logits(ids)
+    assert torch.allclose(got, ref, atol=1e-4)
+    return got
 
 
 @pytest.mark.parametrize("family", GENERATIVE)
