@@ -93,8 +93,8 @@ def bench_ingest(args) -> None:
     with tempfile.TemporaryDirectory() as d:
         docs = Path(d) / "docs"
         docs.mkdir()
-        # each file: 10 sections of ~50 words -> one chunk each at --chunk-tokens 64
-        n_files = args.chunks // 10
+        # each file: 10 sections of ~50 words -> about two chunks each at --chunk-tokens 64
+        n_files = args.chunks // 20
         for i in range(n_files):
             parts = [f"## Part {j}\n\n" + " ".join(rng.choice(words, 50)) + "." for j in range(10)]
             (docs / f"doc{i:05d}.md").write_text(f"# Record {i}\n\n" + "\n\n".join(parts))
