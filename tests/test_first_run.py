@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What `oficina run --verbose` itself prints on stderr (cli/run.py)
 STATS = re.compile(r"^(prompt eval count|prompt eval duration|prompt eval rate|eval count|eval duration"
-                   r"|eval rate|done reason|load duration|total duration):\s")
+                   r"|eval rate|done reason|load duration|total duration|runner):\s")
 FOREIGN = re.compile(r"Warning|warn|deprecat|it/s\]|\d+%\|", re.IGNORECASE)
 
 
