@@ -148,9 +148,7 @@ def register(sub) -> None:
     s.add_argument("--slots", type=int, default=8, help="sequences decoded together per model (default 8)")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting per model before 503 (default 64)")
     s.add_argument("--timeout", type=float, default=600, help="seconds one generation may take (default 600)")
-    from ..serve.operate import add_flags
-
-    add_flags(s)
+    _operation_flags(s)
     s.set_defaults(func=serve)
 
     s = sub.add_parser("ps", help="models the running server has loaded")
@@ -164,3 +162,21 @@ def register(sub) -> None:
     s.add_argument("--scope", default="inference", help="read | inference | admin (default inference)")
     s.add_argument("--file", default=str(default_home() / "keys.toml"), help="keys file (default ~/.oficina/keys.toml)")
     s.set_defaults(func=key)
+
+
+def _operation_flags(p) -> None:
+    """Flags of the operations around serving (``serve/operate.py``); ``serve.convlog`` is light to
+    import, the rest of ``serve`` (torch) is imported only when the server starts."""
+    from ..serve import convlog
+
+    g = p.add_argument_group("operations: cache, log, cost")
+    g.add_argument("--no-cache", action="store_true", help="answer every request fresh (no response cache)")
+    g.add_argument("--cache-size", default="256MB", metavar="SIZE",
+                   help="response cache size limit, least recently used answers go first (default 256MB)")
+    g.add_argument("--no-log", action="store_true", help="do not keep the conversation log")
+    g.add_argument("--log-retention", type=float, default=30.0, metavar="DAYS",
+                   help="delete log entries older than this (default 30; 0 = keep all)")
+    g.add_argument("--log-redact", default="", metavar="RULES",
+                   help=f"redact from logged text: {', '.join((*convlog.REDACTIONS, convlog.REDACT_ALL))} "
+                        "(comma-separated; 'prompts' stores no prompt text)")
+    g.add_argument("--prices", metavar="FILE", help="price table (default $OFICINA_HOME/prices.toml if present)")

@@ -265,21 +265,6 @@ def _fallback(call) -> Metrics:
 
 
 # -- flags ----------------------------------------------------------------------------------------
-def add_flags(p) -> None:
-    """``oficina serve`` flags for these operations (the serve CLI calls this)."""
-    g = p.add_argument_group("operations: cache, log, cost")
-    g.add_argument("--no-cache", action="store_true", help="answer every request fresh (no response cache)")
-    g.add_argument("--cache-size", default="256MB", metavar="SIZE",
-                   help="response cache size limit, least recently used answers go first (default 256MB)")
-    g.add_argument("--no-log", action="store_true", help="do not keep the conversation log")
-    g.add_argument("--log-retention", type=float, default=30.0, metavar="DAYS",
-                   help="delete log entries older than this (default 30; 0 = keep all)")
-    g.add_argument("--log-redact", default="", metavar="RULES",
-                   help=f"redact from logged text: {', '.join((*convlog.REDACTIONS, convlog.REDACT_ALL))} "
-                        "(comma-separated; 'prompts' stores no prompt text)")
-    g.add_argument("--prices", metavar="FILE", help="price table (default $OFICINA_HOME/prices.toml if present)")
-
-
 def from_args(args, home: Path | str | None = None) -> Operations:
     from . import cost
 
