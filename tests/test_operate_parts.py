@@ -38,8 +38,10 @@ def _variants():
     for name in Options.__dataclass_fields__:
         v = copy.deepcopy(BASE)
         default = getattr(Options(), name)
-        v["options"][name] = ["stop!"] if name == "stop" else (default + 1 if not isinstance(default, float)
-                                                               else abs(default - 0.05))
+        if isinstance(default, tuple):  # list parameters: stop, guard
+            v["options"][name] = {"stop": ["stop!"], "guard": ["pii"]}[name]
+        else:
+            v["options"][name] = default + 1 if not isinstance(default, float) else abs(default - 0.05)
         if name == "temperature":
             v["options"][name] = 0.5
         out[f"option {name}"] = v
