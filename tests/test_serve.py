@@ -241,6 +241,28 @@ def test_ten_megabyte_prompt_is_refused(srv):
     assert r.status_code == 400 and "larger than" in r.json()["error"]
 
 
+# -- guards (oficina/safety) on a request --------------------------------------------------------
+
+def test_guards_in_a_request_check_the_prompt_and_the_stream(oc, srv, tmp_path):
+    words, letters = tmp_path / "words.rules", tmp_path / "letters.rules"
+    words.write_text("block:secret forbidden\n")
+    letters.write_text("block:letters /[A-Za-z]/\n")
+    r = oc.generate(model="tiny", prompt="the forbidden thing", raw=True,
+                    options={**GREEDY, "guard": [f"rules={words}"]})
+    assert r.done_reason == f"guard:rules={words}:secret" and r.response == "" and r.eval_count == 0
+    # a digits-only prompt passes; the random model's first letter ends the stream, unseen
+    guard = {**GREEDY, "num_predict": 20, "guard": [f"rules={letters}"]}
+    free = oc.generate(model="tiny", prompt="123 456", raw=True, options={**GREEDY, "num_predict": 20})
+    assert any(c.isalpha() for c in free.response), free.response   # what the guard must stop
+    parts = list(oc.generate(model="tiny", prompt="123 456", raw=True, options=guard, stream=True))
+    text = "".join(p.response for p in parts)
+    assert parts[-1].done_reason == f"guard:rules={letters}:letters", parts[-1]
+    assert not any(c.isalpha() for c in text) and free.response.startswith(text)
+    bad = httpx.post(srv.url + "/api/generate", json={"model": "tiny", "prompt": "x", "options": {"guard": ["nope"]}})
+    assert bad.status_code == 400 and "nope" in bad.json()["error"]
+    assert srv.wait_idle() == (0, 0)
+
+
 # -- many clients ---------------------------------------------------------------------------------
 
 class SlowRunner:

@@ -72,24 +72,34 @@ class GuardedStream:
         self.released = upto
         return piece, None
 
+    def feed(self, text: str) -> tuple[str, Verdict | None]:
+        """Take generated ``text``; return what can be released now, or the blocking verdict."""
+        self.text += text
+        upto = min(g.hold(self.text) for g in self.guards) if self.guards else len(self.text)
+        piece, v = self._decide(upto)
+        self.blocked = v
+        return piece, v
+
+    def finish(self) -> tuple[str, Verdict | None]:
+        """The end of the answer: decide on whatever was held back."""
+        piece, v = self._decide(len(self.text))
+        self.blocked = v
+        return piece, v
+
     def __iter__(self) -> Iterator[Any]:
         from ..generation.engine import Stats
 
         for item in self.items:
             if isinstance(item, Stats):
-                piece, v = self._decide(len(self.text))
+                piece, v = self.finish()
                 if v is not None:
-                    self.blocked = v
                     item = dataclasses.replace(item, done_reason=done_reason(v))
                 elif piece:
                     yield piece
                 yield item
                 return
-            self.text += item
-            upto = min(g.hold(self.text) for g in self.guards) if self.guards else len(self.text)
-            piece, v = self._decide(upto)
+            piece, v = self.feed(item)
             if v is not None:
-                self.blocked = v
                 close = getattr(self.items, "close", None)
                 if close:
                     close()  # stop decoding: nothing after a block is wanted

@@ -14,6 +14,7 @@ about HTTP. Two seams for the layers on top (issue "Operate"):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -245,6 +246,17 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
             opts = served.model.options.merged(req.options or {})
         except OficinaError as e:
             raise BadRequest(str(e)) from None
+        if opts.guard:  # guards (oficina/safety) on the user's text before anything is decoded
+            req, verdict = await asyncio.to_thread(_guard_input, req, opts)
+            if verdict is not None:
+                result = Result(served.name, "", _guard_reason(verdict), 0, 0, load_seconds,
+                                total_seconds=time.monotonic() - t0)
+                server.notify(_record(req, served, opts, result))
+                yield result
+                return
+            if served.remote:
+                raise BadRequest("guards on a remote model's answers are not supported yet; "
+                                 "drop the guard option or guard the upstream")
         # a remote model's upstream renders its own prompt: there are no ids here
         ids = None if served.remote else await asyncio.to_thread(prompt_ids, served, req)
         for hook in server.before:
@@ -277,20 +289,40 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
         job = Job(make, loop, asyncio.Queue(), deadline=time.monotonic() + timeout if timeout else None)
         served.scheduler.submit(job)
         pieces: list[str] = []
+        guarded = _output_guard(opts)
         try:
             while True:
                 item = await job.out.get()
                 if isinstance(item, Piece):
-                    if item.text:
-                        pieces.append(item.text)
-                        yield Delta(item.text)
+                    text, verdict = guarded.feed(item.text) if guarded and item.text else (item.text, None)
+                    if verdict is not None:  # a block ends the stream; the offending text never leaves
+                        result = Result(served.name, "".join(pieces), _guard_reason(verdict), len(ids),
+                                        len(pieces), load_seconds, total_seconds=time.monotonic() - t0)
+                        result.pieces = pieces
+                        server.notify(_record(req, served, opts, result))
+                        yield result
+                        return
+                    if text:
+                        pieces.append(text)
+                        yield Delta(text)
                 elif isinstance(item, Failed):
                     raise item.error
                 elif isinstance(item, Finished):
-                    if item.tail:
-                        pieces.append(item.tail)
-                        yield Delta(item.tail)
+                    tail, verdict = item.tail, None
+                    if guarded:
+                        held, verdict = guarded.feed(tail) if tail else ("", None)
+                        if verdict is None:
+                            rest, verdict = guarded.finish()
+                            held += rest
+                        tail = "" if verdict is not None else held
+                    if tail:
+                        pieces.append(tail)
+                        yield Delta(tail)
                     result = _result(served, item, load_seconds, time.monotonic() - t0, req)
+                    if guarded:  # the client saw the guarded text, not the raw one
+                        result.text = "".join(pieces)
+                        if verdict is not None:
+                            result.done_reason, result.tool_calls = _guard_reason(verdict), []
                     result.pieces, result.token_times = pieces, item.token_times
                     server.notify(_record(req, served, opts, result))
                     yield result
@@ -324,6 +356,40 @@ async def _generate_remote(server: Server, served: Served, req: GenerateRequest,
                         pieces=pieces, token_times=value["times"])
         server.notify(_record(req, served, opts, result))
         yield result
+
+
+def _guard_input(req: GenerateRequest, opts: Options):
+    """The request with the user's last text checked by ``opts.guard``: (request, None) with the
+    text redacted where a guard redacts, or (request, verdict) when a guard blocks it."""
+    from ..safety.stream import check_input
+
+    if req.messages:
+        msgs = [dict(m) for m in req.messages]
+        last = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
+        if last is None or not isinstance(last.get("content"), str):
+            return req, None
+        last["content"], verdict = check_input(last["content"], opts.guard)
+        req = dataclasses.replace(req, messages=msgs)
+    elif req.prompt:
+        text, verdict = check_input(req.prompt, opts.guard)
+        req = dataclasses.replace(req, prompt=text)
+    else:
+        return req, None
+    return req, (verdict if verdict.blocked else None)
+
+
+def _output_guard(opts: Options):
+    if not opts.guard:
+        return None
+    from ..safety.stream import GuardedStream
+
+    return GuardedStream(iter(()), opts.guard)
+
+
+def _guard_reason(verdict) -> str:
+    from ..safety.stream import done_reason
+
+    return done_reason(verdict)
 
 
 def _is_loaded(pool: Pool, name: str) -> bool:
