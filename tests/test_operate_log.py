@@ -243,3 +243,45 @@ def test_stats_on_a_seeded_log(log, capsys):
     assert main(["stats", "--json", "--since", "2026-11-30"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {m["model"]: m["requests"] for m in data["models"]} == {"other:latest": 1, "tiny:latest": 11}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a small tmpfs needs Linux namespaces")
+def test_a_full_disk_never_fails_a_request_and_the_entries_are_written_once_there_is_room(tmp_path):
+    """A real full disk: the log on a 256 KiB tmpfs in a private mount namespace (unshare -rm),
+    filled up; recording must return at once, and what was held is written once room returns."""
+    if subprocess.run(["unshare", "-rm", "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("unshare -rm is not allowed here")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = textwrap.dedent(f"""
+        import os, subprocess
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', {str(mnt)!r}], check=True)
+        from oficina.serve.convlog import ConvLog, Entry
+
+        def entry(i, n):
+            return Entry(route='/api/chat', model='m', messages=[{{'role': 'user', 'content': f'q{{i}}'}}],
+                         output='x' * n, digest='sha256:' + 'ab' * 32, finish='stop', prompt_tokens=1,
+                         output_tokens=1, ttft_s=0.1, total_s=0.2)
+
+        log = ConvLog({str(mnt)!r} + '/logs.db')
+        first = log.record(entry(0, 10))
+        with open({str(mnt)!r} + '/filler', 'wb', buffering=0) as f:   # fill the disk to the last block
+            try:
+                while True:
+                    f.write(b'\\0' * 4096)
+            except OSError:
+                pass
+        held = [log.record(entry(i, 20000)) for i in range(1, 4)]   # must not raise
+        print('FULL', first is not None, held.count(None), log.pending, log.dropped)
+        os.remove({str(mnt)!r} + '/filler')
+        log.close()
+        print('AFTER', sorted(e.prompt_text() for e in ConvLog({str(mnt)!r} + '/logs.db').find()))
+    """)
+    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", script], check=False, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    full = next(line for line in proc.stdout.splitlines() if line.startswith("FULL")).split()
+    assert full[1:3] == ["True", "3"], proc.stdout          # none written, none raised
+    assert int(full[3]) + int(full[4]) == 3, proc.stdout    # each held for a retry or counted
+    after = next(line for line in proc.stdout.splitlines() if line.startswith("AFTER"))
+    assert "'q0'" in after and (int(full[4]) > 0 or all(f"'q{i}'" in after for i in (1, 2, 3))), proc.stdout
