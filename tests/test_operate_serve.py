@@ -181,3 +181,33 @@ def test_a_locked_log_never_fails_a_request(served, monkeypatch):
             break
         time.sleep(0.05)
     assert ops.log.pending == 0 and ops.log.count() == n + 1 and ops.log.dropped == 0
+
+
+def test_a_request_can_name_a_library_prompt_and_the_log_records_its_version(served, tiny_home):
+    from pathlib import Path
+
+    from oficina.prompts import PromptStore
+    from oficina.prompts.spec import parse
+
+    url, ops = served
+    store = PromptStore(tiny_home)
+    text = (Path(__file__).parents[1] / "examples" / "translate.prompt.yaml").read_text()
+    stored, _ = store.add("translate", parse(text))
+    store.label("translate", "production", stored.version)
+    body = {"model": "tiny", "prompt_name": "translate:production", "variables": {"text": "Good night"},
+            "stream": False, "options": {"num_predict": 4}}
+    r = httpx.post(url + "/api/generate", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    e = ops.log.find(limit=1)[0]
+    assert e.extra.get("prompt") == stored.ref
+    assert e.prompt_text().strip() == "Translate into French. Answer with the translation only.\n\nGood night"
+    assert e.options.get("num_predict") == 4 and e.options.get("temperature") == 0   # request over prompt
+    chat = httpx.post(url + "/v1/chat/completions", json={
+        "model": "tiny", "max_tokens": 4, "messages": [], "prompt_name": "translate",
+        "variables": {"text": "Hi", "language": "German"}}, timeout=60)
+    assert chat.status_code == 200, chat.text
+    assert ops.log.find(limit=1)[0].prompt_text().startswith("Translate into German.")
+    bad = httpx.post(url + "/api/generate", json={**body, "variables": {}}, timeout=60)
+    assert bad.status_code == 400 and "text" in bad.json()["error"]
+    missing = httpx.post(url + "/api/generate", json={**body, "prompt_name": "nope"}, timeout=60)
+    assert missing.status_code == 400 and "nope" in missing.json()["error"]

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +56,9 @@ class GenerateRequest:
     tools: list[dict] | None = None
     route: str = ""
     key_id: str | None = None
+    prompt_name: str | None = None            # a library prompt (oficina prompt): NAME, NAME@2, NAME:label
+    variables: dict[str, Any] | None = None   # its variables
+    prompt_ref: str | None = None             # the exact version used (NAME@N), for the log
 
 
 @dataclass
@@ -242,8 +246,11 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
         load_seconds = 0.0 if loaded_before else time.monotonic() - t0
         if not served.generates and not served.remote:
             raise BadRequest(f"model {served.name!r} is an {served.model.info.kind} model; it can embed, not generate")
+        params: dict[str, Any] = {}
+        if req.prompt_name:  # the library prompt's text, its parameters under the request's options
+            req, params = await asyncio.to_thread(_library_prompt, server, req)
         try:
-            opts = served.model.options.merged(req.options or {})
+            opts = served.model.options.merged({**params, **(req.options or {})})
         except OficinaError as e:
             raise BadRequest(str(e)) from None
         if opts.guard:  # guards (oficina/safety) on the user's text before anything is decoded
@@ -356,6 +363,27 @@ async def _generate_remote(server: Server, served: Served, req: GenerateRequest,
                         pieces=pieces, token_times=value["times"])
         server.notify(_record(req, served, opts, result))
         yield result
+
+
+def _library_prompt(server: Server, req: GenerateRequest) -> tuple[GenerateRequest, dict[str, Any]]:
+    """Render the named prompt (``oficina/prompts``) as the user's text: the generate route's
+    prompt, or the chat's last user turn. The version used is kept for the conversation log."""
+    from ..prompts import PromptStore
+
+    home = server.pool.home
+    try:
+        stored = PromptStore(Path(home) if home else None).get(req.prompt_name)
+        text = stored.render(req.variables or {})
+    except OficinaError as e:
+        raise BadRequest(str(e)) from None
+    if req.messages is not None:
+        msgs = [*req.messages, {"role": "user", "content": text}]
+        req = dataclasses.replace(req, messages=msgs, prompt_ref=stored.ref)
+    else:
+        if req.prompt:
+            raise BadRequest("give either a prompt or a prompt_name, not both")
+        req = dataclasses.replace(req, prompt=text, prompt_ref=stored.ref)
+    return req, dict(stored.spec.parameters)
 
 
 def _guard_input(req: GenerateRequest, opts: Options):

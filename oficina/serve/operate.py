@@ -156,7 +156,7 @@ class Operations:
         extra = {}
         if req is not None:
             extra = {k: v for k, v in (("format", req.format), ("tools", req.tools), ("template", req.template),
-                                       ("raw", req.raw or None)) if v is not None}
+                                       ("raw", req.raw or None), ("prompt", req.prompt_ref)) if v is not None}
         return convlog.Entry(
             route=record.route, model=record.model, messages=messages, output=r.text, digest=record.digest,
             key_id=record.key_id or "", options=record.options, extra=extra, tool_calls=r.tool_calls,

@@ -58,6 +58,8 @@ def _request(body: dict, call, route: str) -> GenerateRequest:
         tools=field(body, "tools", list),
         route=route,
         key_id=call.key_id,
+        prompt_name=field(body, "prompt_name", str),   # oficina: a prompt of the library
+        variables=field(body, "variables", dict),
     )
 
 
@@ -118,7 +120,7 @@ async def generate(call) -> Response:
     stream = field(body, "stream", bool, True)
     if not req.model:
         raise BadRequest("model is required")
-    if not req.prompt and not body.get("prompt"):
+    if not req.prompt and not body.get("prompt") and not req.prompt_name:
         # Ollama: an empty prompt loads the model (and keep_alive 0 unloads it).
         served = await call.server.pool.get(req.model, req.keep_alive)
         call.server.pool.release(served)

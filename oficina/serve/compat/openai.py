@@ -191,9 +191,11 @@ def _requests(call, body: dict, route: str, chat: bool) -> tuple[list[GenerateRe
     tools, forced = _tools(body) if chat else (None, None)
     fmt = forced or _format(body)
     base = GenerateRequest(model=model, options=opts, format=fmt, tools=tools, route=route, key_id=call.key_id,
-                           keep_alive=body.get("keep_alive"))
-    if chat:
-        base.messages = _messages(body.get("messages"))
+                           keep_alive=body.get("keep_alive"),
+                           # oficina's extra body fields: a prompt of the library and its variables
+                           prompt_name=field(body, "prompt_name", str), variables=field(body, "variables", dict))
+    if chat:  # with a library prompt, the conversation before it may be empty
+        base.messages = [] if base.prompt_name and not body.get("messages") else _messages(body.get("messages"))
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
