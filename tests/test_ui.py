@@ -272,6 +272,29 @@ def test_chat_streams_an_answer_with_stats(browser, shots):
     no_console_errors(browser)
 
 
+@needs_browser
+def test_chat_sends_a_library_prompt_and_the_log_names_its_version(browser, ui_home):
+    from oficina.prompts import PromptStore
+    from oficina.prompts.spec import parse
+    from oficina.serve.convlog import ConvLog, default_path
+
+    store = PromptStore(ui_home)
+    stored, _ = store.add("greet", parse("template: 'Say hello to {{ who }}.'\n"
+                                         "variables: {who: {description: a name}}\n"))
+    store.label("greet", "production", stored.version)
+    open_page(browser, "chat")
+    choose(browser, "prompt", "greet:production")
+    box = wait(browser, lambda d: css(d, "input[data-var=who]"), what="the variable's field")[0]
+    box.send_keys("Ana")
+    set_option(browser, "num_predict", 4)
+    answer = send_chat(browser, "tiny:latest", "")
+    user = css(browser, ".msg.user .text")[-1].text
+    assert user == "Say hello to Ana." and answer.get_attribute("data-done")
+    entry = ConvLog(default_path(ui_home)).find(limit=1)[0]
+    assert entry.extra.get("prompt") == "greet@1" and entry.prompt_text() == "Say hello to Ana."
+    no_console_errors(browser)
+
+
 def set_option(driver, name, value):
     from selenium.webdriver.common.keys import Keys
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from ..errors import OficinaError
 from ..options import PARAMS
 from . import STATIC, arena, inspect_routes as ins, log_routes as logs, registry_routes as reg
 from .http import SECURITY_HEADERS, Route, error, handler
@@ -57,6 +58,32 @@ def options_table(_: dict) -> dict:
          "help": p.help, "typical": list(p.typical) if p.typical else None} for p in PARAMS]}
 
 
+def prompts(_: dict) -> dict:
+    """The prompt library (``oficina prompt``): each prompt's newest version, labels, variables."""
+    from dataclasses import asdict
+
+    from ..prompts import PromptStore
+
+    store, out = PromptStore(), []
+    for name, version, _, labels in store.names():
+        spec = store.get(f"{name}@{version}").spec
+        out.append({"name": name, "version": version, "labels": labels, "description": spec.description,
+                    "variables": {k: asdict(v) for k, v in spec.variables.items()}})
+    return {"prompts": out}
+
+
+def render_prompt(data: dict) -> dict:
+    """A library prompt rendered with its variables: the text the chat shows as the user's turn
+    (the request then names the prompt, so the log records its version)."""
+    from ..prompts import PromptStore
+
+    p = PromptStore().get(str(data.get("name") or ""))
+    variables = data.get("variables") or {}
+    if not isinstance(variables, dict):
+        raise OficinaError("variables must be an object")
+    return {"ref": p.ref, "text": p.render(variables)}
+
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/ui", index, "public"),  # the page itself holds no data; it asks for a key
     Route("GET", "/ui/", index, "public"),
@@ -79,6 +106,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/ui/logs/rate", handler(logs.rate, True), "admin"),
     Route("GET", "/api/ui/logs/export", handler(logs.export), "admin"),
     Route("GET", "/api/ui/stats", handler(logs.stats), "read"),
+    Route("GET", "/api/ui/prompts", handler(prompts), "read"),
+    Route("POST", "/api/ui/prompts/render", handler(render_prompt, True), "inference"),
     Route("POST", "/api/ui/arena/vote", handler(arena.vote, True), "inference"),
     Route("GET", "/api/ui/arena", handler(arena.results), "read"),
     Route("GET", "/api/ui/arena/export", handler(arena.export), "admin"),  # holds people's prompts

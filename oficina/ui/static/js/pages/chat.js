@@ -1,6 +1,6 @@
 // Chat: /api/chat streamed (NDJSON), every Options parameter as a control, stop, per-answer stats.
-import { ndjson, options } from "../api.js";
-import { download, errorBox, field, h, status } from "../dom.js";
+import { get, ndjson, options, post } from "../api.js";
+import { download, errorBox, field, h, select, status } from "../dom.js";
 import { modelPicker } from "../models.js";
 import { controls } from "../options.js";
 
@@ -28,6 +28,22 @@ export async function render(main) {
   const system = h("textarea", { rows: 3, placeholder: "the model's own system prompt when empty" });
   const messages = h("div", { class: "messages", "aria-label": "conversation" });
   const prompt = h("textarea", { rows: 3, placeholder: "Ask something (Ctrl+Enter sends)" });
+  // A prompt from the library (oficina prompt): its variables as fields; the server renders it
+  // and logs which version answered.
+  const library = (await get("/api/ui/prompts").catch(() => ({ prompts: [] }))).prompts || [];
+  const refs = library.flatMap((p) => [p.name, ...Object.keys(p.labels).map((l) => `${p.name}:${l}`)]);
+  const libPick = select([["", "(none: type a message)"], ...refs], "", { "data-role": "prompt" });
+  const varBox = h("div", { class: "vars" });
+  const varInputs = {};
+  libPick.addEventListener("change", () => {
+    varBox.replaceChildren();
+    for (const k of Object.keys(varInputs)) delete varInputs[k];
+    const spec = library.find((p) => p.name === libPick.value.split(":")[0]);
+    for (const [name, v] of Object.entries(spec?.variables || {})) {
+      varInputs[name] = h("input", { type: "text", "data-var": name, placeholder: v.default ?? "" });
+      varBox.append(field(name, varInputs[name], v.description || ""));
+    }
+  });
   const send = h("button", { type: "submit" }, "Send");
   const stop = h("button", { type: "button", class: "danger", disabled: true, onclick: () => abort?.abort() }, "Stop");
   const exportBtn = h("button", { type: "button", class: "secondary", onclick: () => download("conversation.json", JSON.stringify({ model: picker.value(), system: system.value || undefined, messages: history }, null, 2)) }, "Export");
@@ -42,20 +58,27 @@ export async function render(main) {
 
   async function ask(ev) {
     ev?.preventDefault();
-    const text = prompt.value.trim();
+    const named = libPick.value;
+    const variables = Object.fromEntries(Object.entries(varInputs).filter(([, i]) => i.value !== "").map(([k, i]) => [k, i.value]));
+    let text = prompt.value.trim();
+    if (named) {
+      try { text = (await post("/api/ui/prompts/render", { name: named, variables })).text; } catch (e) { messages.append(errorBox(e)); return; }
+    }
     if (!text || abort) return;
     prompt.value = "";
+    const before = [...(system.value.trim() ? [{ role: "system", content: system.value }] : []), ...history];
     history.push({ role: "user", content: text });
     bubble("user", text);
     const { el, body } = bubble("assistant", "");
     el.setAttribute("aria-busy", "true");
-    const msgs = [...(system.value.trim() ? [{ role: "system", content: system.value }] : []), ...history];
+    const msgs = named ? before : [...before, { role: "user", content: text }];
     abort = new AbortController();
     send.disabled = true; stop.disabled = false;
     const t0 = performance.now();
     let answer = "", last = {}, cache = null;
     try {
-      const request = { model: picker.value(), messages: msgs, options: { ...opts.values }, stream: true };
+      const request = { model: picker.value(), messages: msgs, options: { ...opts.values }, stream: true,
+        ...(named ? { prompt_name: named, variables } : {}) };
       for await (const chunk of ndjson("/api/chat", request, abort.signal, (hd) => { cache = hd.get("X-Oficina-Cache"); })) {
         if (chunk.error) throw new Error(chunk.error);
         const piece = chunk.message?.content || "";
@@ -81,6 +104,7 @@ export async function render(main) {
 
   main.append(h("h1", {}, "Chat"), h("div", { class: "cols" },
     h("aside", { class: "panel", "aria-label": "model and parameters" }, picker.element, field("System prompt", system),
+      field("Library prompt", libPick, "oficina prompt"), varBox,
       h("h2", {}, "Parameters"), opts.element),
     h("section", {}, messages,
       h("form", { class: "ask", onsubmit: ask }, field("Message", prompt), h("div", { class: "row" }, send, stop, clear, exportBtn)))));
