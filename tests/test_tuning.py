@@ -185,6 +185,12 @@ def test_oficina_run_uses_tuned_model(method, bases, datafiles, registry):
     with torch.no_grad():
         want = trained(input_ids=torch.tensor([ids])).logits[0, -1].float()
     assert torch.allclose(m.engine.logits(ids), want, atol=1e-4)
+    runner = m.engine.runner  # the cached path the decode loop takes gives the same numbers
+    slot, reused = runner.acquire(ids)
+    try:
+        assert torch.allclose(runner.prefill(slot, ids, reused), want, atol=1e-4)
+    finally:
+        runner.release(slot)
     out = m.generate("Where does the cat sleep?", temperature=0, num_predict=6)
     assert isinstance(out, str) and m.last_stats.eval_tokens > 0
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..models.compat import cache_of
 from .runner import Capabilities, Runner, SlotsFull
 
 
@@ -88,7 +89,7 @@ class TransformersRunner(Runner):
         start = len(self._ids[slot])
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
         out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), position_ids=pos, **kw)
-        self._caches[slot] = getattr(out, self._cache_kw, None) or cache
+        self._caches[slot] = cache_of(out) or cache
         self._ids[slot].extend(int(i) for i in ids)
         return out.logits[0, -1].float()
 

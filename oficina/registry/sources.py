@@ -126,8 +126,9 @@ def _pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
     """``pip download`` the wheels, with our own progress bar (sizes, speed, ETA) fed by pip's
     machine-readable ``--progress-bar raw`` lines ("Progress DONE of TOTAL", pip >= 24.1)
     rather than pip's own bar."""
+    bar_kind = "raw" if _pip_version() >= (24, 1) else "off"  # older pips: a bar without sizes
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar", "raw", "-d", str(dest), *packages]
+           "--disable-pip-version-check", "--progress-bar", bar_kind, "-d", str(dest), *packages]
     with tempfile.TemporaryFile("w+") as err, \
             reporter().progress(f"downloading {', '.join(packages)}", None, unit="bytes") as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
@@ -151,6 +152,15 @@ def _pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
 
 
 RAW_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
+
+
+def _pip_version() -> tuple[int, ...]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(p) for p in re.findall(r"\d+", version("pip"))[:2])
+    except PackageNotFoundError:
+        return (0,)
 
 
 def _open_member(wheels: list[Path], member: str) -> tuple[Iterator[bytes], int]:

@@ -76,7 +76,7 @@ def manifest_for(source: str):
 class Breaker:
     failures: int = 0
     opened_at: float | None = None
-    cooldown: float = COOLDOWN
+    cooldown: float = field(default_factory=lambda: COOLDOWN)   # read when the breaker is made
     trial: bool = False               # a half-open trial request is in flight
     lock: threading.Lock = field(default_factory=threading.Lock)
 

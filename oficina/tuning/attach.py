@@ -92,8 +92,14 @@ class VirtualTokens(nn.Module):
     def generation_config(self):
         return getattr(self.peft_model.get_base_model(), "generation_config", None)
 
+    def get_output_embeddings(self):
+        return self.peft_model.get_base_model().get_output_embeddings()
+
     def forward(self, input_ids=None, cache=None, **kwargs):
-        if cache is None:
+        # positions follow the cache, which holds the virtual tokens too (a runner counts only
+        # the real ids)
+        kwargs.pop("position_ids", None)
+        if cache is None or cache.get_seq_length() == 0:  # the prompt: peft adds the tokens
             out = self.peft_model(input_ids=input_ids, **kwargs)
             n = self.peft_model.active_peft_config.num_virtual_tokens
             if out.logits.shape[1] == input_ids.shape[1] + n:  # prompt tuning returns them too
