@@ -43,11 +43,10 @@ def _home() -> Path:
 
 
 def _server(ops=None, runner_factory=None, slots: int = 4):
-    from servers import serving
-
     from oficina.serve.app import create_app
     from oficina.serve.native import Server
     from oficina.serve.pool import Pool
+    from servers import serving
 
     pool = Pool(_home(), slots=slots, **({"runner_factory": runner_factory} if runner_factory else {}))
     return serving(create_app(Server(pool), operations=ops))

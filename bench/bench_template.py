@@ -24,7 +24,6 @@ MESSAGES = [{"role": "system", "content": "You answer in one sentence."},
 
 def main(rounds: int = 7, per_round: int = 200) -> None:
     import tiny
-
     from oficina.formats.gguf import read_header
     from oficina.formats.template import render_chat
     from oficina.registry.registry import Registry

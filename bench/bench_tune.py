@@ -64,8 +64,13 @@ def worker_oficina(args) -> dict:
 def worker_peer(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     # the same Hugging Face folder oficina trains from (the GGUF converted once, fp32)
     tok = AutoTokenizer.from_pretrained(args.folder)
@@ -128,9 +133,9 @@ def main() -> None:
         result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print("RESULT " + json.dumps(result))
         return
+    import peft
     import torch
     import transformers
-    import peft
 
     from oficina.registry.registry import Registry
     from oficina.tuning import session

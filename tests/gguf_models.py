@@ -21,7 +21,14 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world! How are y
 
 
 def byte_level_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -40,7 +47,14 @@ def byte_level_tokenizer():
 
 def sentencepiece_tokenizer():
     """Gemma's kind: BPE over text with spaces spelled "▁", byte fallback, no pre-tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]

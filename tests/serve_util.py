@@ -55,7 +55,6 @@ class Running:
 def tiny_registry(home: Path, work: Path):
     """A registry with a tiny random llama ("tiny") and a tiny bert ("tinybert")."""
     import tiny
-
     from oficina.registry.registry import Registry
     from oficina.registry.sources import import_path
 

@@ -10,7 +10,6 @@ import pytest
 
 from oficina.cli import main
 from oficina.registry.registry import Registry
-
 from tiny import build
 
 

@@ -12,14 +12,21 @@ import torch
 import oficina
 from oficina.cli import main
 from oficina.errors import FormatError, OficinaError
-from oficina.evaluation import KINDS, EvalConfig, Scorer, evaluate, parse_tasks, rolling_windows, run_tasks
-from oficina.evaluation import stats
+from oficina.evaluation import (
+    KINDS,
+    EvalConfig,
+    Scorer,
+    evaluate,
+    parse_tasks,
+    rolling_windows,
+    run_tasks,
+    stats,
+)
 from oficina.evaluation.classification import macro_f1
 from oficina.evaluation.generation import Generation, corpus, normalize
 from oficina.evaluation.multiple_choice import STYLES, Item, fewshot
 from oficina.evaluation.tasks import builtin_path
 from oficina.options import Options
-
 from tiny import CORPUS, build, tokenizer
 
 LONG_TEXT = " ".join(CORPUS * 3)  # ~1,000 tokens: several windows of a 256-token model

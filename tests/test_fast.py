@@ -4,11 +4,11 @@ decode, prefix reuse, chunked prefill)."""
 
 from __future__ import annotations
 
-import gguf_models
 import pytest
-import tiny
 import torch
 
+import gguf_models
+import tiny
 from oficina.generation.fast.config import FastConfig
 from oficina.generation.fast.load import (
     from_gguf_file,

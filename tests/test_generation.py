@@ -8,7 +8,6 @@ from oficina.generation.engine import fit_prompt
 from oficina.generation.text import Detokenizer, StopMatcher
 from oficina.options import Options
 from oficina.registry.sources import pull
-
 from tiny import build, tokenizer
 
 

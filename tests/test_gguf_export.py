@@ -28,12 +28,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+import gguf_models
 from oficina.errors import FormatError
 from oficina.formats import gguf_export as ge
 from oficina.formats.atomic import atomic_write
 from oficina.formats.gguf_export import ARCHS, export_gguf
-
-import gguf_models
 
 SAMPLE = "The quick brown fox jumps over the lazy dog. Größe 12345, naïve café 🦙 <|end|>"
 CHAT = "{% for m in messages %}<|begin|>{{ m['role'] }}\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -258,7 +257,9 @@ def test_hparam_table_agrees_with_transformers(spec):
 
 
 def test_pre_tokenizer_regexes_agree_with_transformers():
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_PRE_TOKENIZER_SPLITS,
+    )
 
     from oficina.formats.gguf_tokenizer import BPE_PRE
 

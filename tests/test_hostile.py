@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import tiny
 
+import tiny
 from oficina.errors import FormatError, OficinaError
 from oficina.formats import template as tpl
 

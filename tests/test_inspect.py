@@ -12,12 +12,11 @@ import pytest
 import torch
 
 import oficina
+import tiny
 from oficina import inspect
 from oficina.cli import main
 from oficina.errors import OficinaError
 from oficina.generation.sampling import Sampler, distribution
-
-import tiny
 
 TEXT = "The cat sat on the sofa. O céu é azul."
 LONG = "The cat sat on the sofa while the dog slept. " * 30  # > 64 (bert) and > 128 (gpt2) tokens

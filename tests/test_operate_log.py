@@ -188,7 +188,6 @@ def test_export_writes_what_tune_and_dpo_read(reviewed, tmp_path, capsys):
 @pytest.fixture
 def tiny_base(tmp_path, home):
     import tiny
-
     from oficina.registry.registry import Registry
     from oficina.registry.sources import import_path
 

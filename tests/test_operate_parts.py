@@ -220,9 +220,9 @@ def test_every_named_metric_is_exposed_and_moves():
 
 # -- prefix reuse in the runner (what the prefix-cache counters count) ------------------------------
 def test_a_prompt_that_shares_only_a_prefix_reuses_it_and_gets_the_same_logits(tmp_path):
-    import tiny
     import torch
 
+    import tiny
     from oficina.generation.hf_runner import TransformersRunner
 
     model = tiny.build("llama", tmp_path / "m")

@@ -10,9 +10,8 @@ import httpx
 import ollama
 import openai
 import pytest
-import tiny
-from servers import free_port, serving, start_upstream, stop
 
+import tiny
 from oficina.create import create
 from oficina.errors import OficinaError
 from oficina.registry.registry import Registry
@@ -23,6 +22,7 @@ from oficina.serve.convlog import ConvLog
 from oficina.serve.native import Server
 from oficina.serve.operate import Operations
 from oficina.serve.pool import Pool
+from servers import free_port, serving, start_upstream, stop
 
 pytestmark = pytest.mark.slow  # real server processes, tens of seconds on a shared CPU
 

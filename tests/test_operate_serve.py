@@ -8,10 +8,9 @@ import json
 
 import httpx
 import pytest
-import tiny
 from prometheus_client.parser import text_string_to_metric_families
-from servers import serving
 
+import tiny
 from oficina.registry.registry import Registry
 from oficina.registry.sources import import_path
 from oficina.serve import cost
@@ -19,6 +18,7 @@ from oficina.serve.app import create_app
 from oficina.serve.native import Server
 from oficina.serve.operate import Operations
 from oficina.serve.pool import Pool
+from servers import serving
 
 pytestmark = pytest.mark.slow  # real server processes, tens of seconds on a shared CPU
 

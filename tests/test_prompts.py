@@ -2,13 +2,13 @@
 prompt tests on a tiny model, and `oficina run --prompt`."""
 
 import pytest
-from tiny import build
 
 import oficina
 from oficina.cli import main
 from oficina.prompts import PromptError, PromptStore, parse, read, test_prompt
 from oficina.registry.registry import Registry
 from oficina.registry.sources import pull
+from tiny import build
 
 GOOD = """description: greet
 template: |

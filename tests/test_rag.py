@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny
 
+import tiny
 from oficina.errors import OficinaError
 from oficina.formats.documents import read_document
 from oficina.rag import collection as C

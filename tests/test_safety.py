@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from tiny import build
 
 import oficina
 from oficina.cli import main
@@ -21,6 +20,7 @@ from oficina.safety.grounding import support
 from oficina.safety.measure import measure
 from oficina.safety.pii import cpf_ok, find, iban_ok, luhn, nif_ok
 from oficina.safety.redteam import FAMILIES, Probe, judge, load_probes, redteam
+from tiny import build
 
 
 def spans(text):
@@ -264,6 +264,7 @@ def test_modelfile_guard_round_trip(tiny, tmp_path):
 def test_any_registry_classifier_is_a_guard(tmp_path, monkeypatch):
     import torch
     import transformers
+
     from tiny import tokenizer
 
     tok = tokenizer()

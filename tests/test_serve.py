@@ -11,6 +11,7 @@ import jsonschema
 import ollama
 import openai
 import pytest
+
 from serve_util import Running, tiny_registry
 
 GREEDY = {"temperature": 0, "num_predict": 12}

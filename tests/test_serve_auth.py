@@ -6,11 +6,11 @@ import httpx
 import ollama
 import openai
 import pytest
-from serve_util import Running
 
 from oficina.errors import OficinaError
 from oficina.serve.app import ROUTES
 from oficina.serve.auth import PUBLIC, Key, Policy, digest
+from serve_util import Running
 
 ADMIN, INFER, READ = "admin-secret", "infer-secret", "read-secret"
 KEYS = [Key("root", digest(ADMIN), "admin"), Key("app", digest(INFER), "inference"), Key("ro", digest(READ), "read")]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from serve_util import tiny_registry
 
 ROOT = Path(__file__).resolve().parents[1]

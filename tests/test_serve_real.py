@@ -9,6 +9,7 @@ import jsonschema
 import ollama
 import openai
 import pytest
+
 from conftest import real_home
 from serve_util import Running
 

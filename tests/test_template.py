@@ -4,7 +4,6 @@ import pytest
 
 from oficina.errors import FormatError
 from oficina.formats.template import go_to_jinja, is_go_template, render_chat
-
 from tiny import tokenizer
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

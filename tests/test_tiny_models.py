@@ -7,7 +7,6 @@ import torch
 import oficina
 from oficina.models.info import describe
 from oficina.registry.sources import pull
-
 from tiny import EXPECTED, FAMILIES, build
 
 

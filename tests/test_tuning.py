@@ -18,9 +18,8 @@ import torch
 
 import tiny
 from oficina.errors import FormatError, InvalidOptions, OficinaError
-from oficina.tuning import METHODS, TuneConfig, load_all
+from oficina.tuning import METHODS, TuneConfig, load_all, loop, run, tasks
 from oficina.tuning import data as tdata
-from oficina.tuning import loop, run, tasks
 from oficina.tuning.batches import Batches, collate, pack
 
 load_all()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import tiny
-from oficina.tuning import TuneConfig, dropout, frozen, lora, loop, run, tasks
+from oficina.tuning import TuneConfig, dropout, frozen, loop, lora, run, tasks
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-import ui_helpers as u
 
 import oficina
+import ui_helpers as u
 from oficina import inspect
 from oficina.options import PARAMS
 from oficina.ui import STATIC, routes
@@ -204,7 +204,10 @@ def browser(ui_home, shots):
 
 
 def wait(driver, condition, timeout=30, what="condition"):
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -37,9 +37,9 @@ from typing import Any, Callable, Mapping
 
 import gguf
 import numpy as np
+from gguf import MODEL_TENSOR as T
 from gguf import GGUFValueType as V
 from gguf import Keys
-from gguf import MODEL_TENSOR as T
 from safetensors import safe_open
 
 from oficina.errors import FormatError
@@ -432,7 +432,9 @@ def _load_config(src: Path) -> tuple[ArchSpec, Any]:
         raise FormatError(
             f"cannot export model_type {model_type!r} to GGUF (supported: {', '.join(sorted(ARCHS))})"
         )
-    from transformers import AutoConfig  # the config class fills defaults and normalizes RoPE
+    from transformers import (
+        AutoConfig,  # the config class fills defaults and normalizes RoPE
+    )
 
     config = AutoConfig.from_pretrained(src)
     spec.check(config)

@@ -14,14 +14,14 @@ import torch
 
 from ..errors import OficinaError
 from ..formats.template import render_chat
-from .engine import Engine, Stats
 from ..models.info import ModelInfo
 from ..models.loader import Loaded, load_folder
 from ..options import Options
+from ..registry.names import parse_ref
 from ..registry.registry import Entry, Registry
 from ..registry.sources import catalog, pull
-from ..registry.names import parse_ref
 from ..report import quiet_libraries, reporter
+from .engine import Engine, Stats
 
 quiet_libraries()
 

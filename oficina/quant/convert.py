@@ -119,7 +119,8 @@ def gguf_manifest(reg: Registry, manifest: Manifest, file_type: str) -> Manifest
 
 
 def _export(folder: Path, out: Path, file_type: str) -> Path:
-    from oficina.formats.gguf_export import export_gguf, file_type as get_type
+    from oficina.formats.gguf_export import export_gguf
+    from oficina.formats.gguf_export import file_type as get_type
 
     ft = get_type(file_type)
     if out.suffix.lower() != ".gguf":

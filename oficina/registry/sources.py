@@ -13,12 +13,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
+
+import tomllib
 
 from ..errors import FormatError, ModelNotFound, SourceError
 from ..report import reporter

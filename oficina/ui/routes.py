@@ -21,7 +21,10 @@ from starlette.responses import FileResponse, Response
 
 from ..errors import OficinaError
 from ..options import PARAMS
-from . import STATIC, arena, inspect_routes as ins, log_routes as logs, registry_routes as reg
+from . import STATIC, arena
+from . import inspect_routes as ins
+from . import log_routes as logs
+from . import registry_routes as reg
 from .http import SECURITY_HEADERS, Route, error, handler
 
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
