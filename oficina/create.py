@@ -35,7 +35,7 @@ def _base(reg: Registry, source: str, base_dir: Path) -> tuple[Manifest, str | N
         if not path.exists():
             raise OficinaError(f"FROM {source}: no such file or folder")
         return reg.manifest_for(path), None
-    from .api import resolve
+    from .registry.sources import resolve
 
     entry = resolve(source, reg)
     return replace(entry.manifest, params=dict(entry.manifest.params),

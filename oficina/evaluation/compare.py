@@ -158,7 +158,7 @@ def run_tasks(model, label: str, specs: Sequence[TaskSpec], cfg: EvalConfig,
 def evaluate(models: Sequence[str], specs: Sequence[TaskSpec], cfg: EvalConfig,
              registry=None, loader=None) -> Report:
     """Load each model in turn (one in memory at a time), run every task, collect a Report."""
-    from ..api import load
+    from ..generation.session import load
 
     if not models:
         raise OficinaError("no model given")

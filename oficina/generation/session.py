@@ -17,9 +17,8 @@ from ..formats.template import render_chat
 from ..models.info import ModelInfo
 from ..models.loader import Loaded, load_folder
 from ..options import Options
-from ..registry.names import parse_ref
 from ..registry.registry import Entry, Registry
-from ..registry.sources import catalog, pull
+from ..registry.sources import resolve
 from ..report import quiet_libraries, reporter
 from .engine import Engine, Stats
 
@@ -29,15 +28,6 @@ quiet_libraries()
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<eos>")
 
 Message = dict[str, str]
-
-
-def resolve(name: str, registry: Registry | None = None, auto_pull: bool = True) -> Entry:
-    """A registry entry for ``name``, pulling catalogue models on first use (like `ollama run`)."""
-    reg = registry or Registry()
-    entry = reg.find(name)
-    if entry is None and auto_pull and parse_ref(name).name in catalog():
-        entry = pull(reg, name)
-    return entry if entry is not None else reg.get(name)
 
 
 def load(name: str | Path, registry: Registry | None = None, **options: Any) -> "Model":

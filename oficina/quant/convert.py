@@ -76,9 +76,10 @@ def default_name(source: str, suffix: str) -> str:
 def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | None = None) -> tuple[Entry, QuantResult]:
     """Quantize registry model ``name`` in PyTorch and register the packed result (lineage:
     parent = the source version, producer = what was done)."""
-    from oficina.api import Model, resolve
+    from oficina.generation.session import Model
     from oficina.models.loader import load_folder
     from oficina.options import Options
+    from oficina.registry.sources import resolve
 
     from .torch_quant import quantize, save
 
@@ -100,7 +101,7 @@ def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | N
 
 def export_entry(reg: Registry, name: str, file_type: str, out_path: str | Path) -> Path:
     """Write registry model ``name`` as a GGUF file of ``file_type`` ("Q4_K_M", "f16", ...)."""
-    from oficina.api import resolve
+    from oficina.registry.sources import resolve
 
     entry = resolve(name, reg)
     if entry.manifest.adapters:

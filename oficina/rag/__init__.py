@@ -74,9 +74,9 @@ def ask(collection: str | Collection, question: str, model: Any = None, k: int =
     seconds."""
     col = collection if isinstance(collection, Collection) else Collection(collection, registry)
     if isinstance(model, str):
-        from .. import api
+        from ..generation.session import load
 
-        model = api.load(model, registry=col.registry)
+        model = load(model, registry=col.registry)
     from .answer import ask as do_ask
 
     return do_ask(col, question, model, k, **kw)

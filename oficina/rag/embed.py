@@ -85,6 +85,6 @@ class Encoder:
 
 
 def load_encoder(name: str, registry=None, dtype: str = "fp32", batch_size: int = 64) -> Encoder:
-    from .. import api
+    from ..generation.session import load
 
-    return Encoder(api.load(name, registry=registry), dtype, batch_size)
+    return Encoder(load(name, registry=registry), dtype, batch_size)

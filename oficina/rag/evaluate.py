@@ -146,9 +146,9 @@ def run(setting: Setting, questions: list[Question], registry=None, models: dict
     if setting.model:
         models = models if models is not None else {}
         if setting.model not in models:
-            from .. import api
+            from ..generation.session import load
 
-            models[setting.model] = api.load(setting.model, registry=col.registry)
+            models[setting.model] = load(setting.model, registry=col.registry)
         model = models[setting.model]
     all_chunks = col.chunks()
     items = []

@@ -77,6 +77,15 @@ def pull(reg: Registry, source: str, name: str | None = None) -> Entry:
         return _pull(reg, source, name)
 
 
+def resolve(name: str, registry: Registry | None = None, auto_pull: bool = True) -> Entry:
+    """A registry entry for ``name``, pulling catalogue models on first use (like `ollama run`)."""
+    reg = registry or Registry()
+    entry = reg.find(name)
+    if entry is None and auto_pull and parse_ref(name).name in catalog():
+        entry = pull(reg, name)
+    return entry if entry is not None else reg.get(name)
+
+
 def _pull(reg: Registry, source: str, name: str | None) -> Entry:
     if source.startswith("hf://"):
         return _pull_hub(reg, source[5:], name)

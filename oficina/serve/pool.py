@@ -139,7 +139,7 @@ class Pool:
             served.expires_at = None if ka is None else time.time() + ka
 
     def _load(self, entry) -> Served:
-        from ..api import load
+        from ..generation.session import load
 
         if entry.manifest.format == "remote":
             from .remote import RemoteModel
@@ -197,7 +197,7 @@ class Pool:
 
 
 def _resolve(reg: Registry, name: str):
-    from ..api import resolve
+    from ..registry.sources import resolve
 
     if not isinstance(name, str) or not name.strip():
         raise OficinaError("model is required")

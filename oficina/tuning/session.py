@@ -205,9 +205,7 @@ def _adapter_file(name: str) -> bool:
 
 # -- the base model ---------------------------------------------------------------------------------
 def open_base(ref: str, reg: Registry) -> Base:
-    from ..api import (
-        resolve,  # catalogue pull on first use; moves to the registry with issue 18 item 5
-    )
+    from ..registry.sources import resolve  # catalogue pull on first use
 
     path = Path(ref).expanduser()
     if path.exists():

@@ -29,8 +29,9 @@ def set_loader(load: Callable[[str], Any] | None) -> None:
 def _model(name: str):
     if _loader is not None:
         return _loader(name), threading.Lock()
-    from ..api import load, resolve
+    from ..generation.session import load
     from ..registry.registry import Registry
+    from ..registry.sources import resolve
 
     entry = resolve(name, Registry(), auto_pull=False)
     with _cache_lock:

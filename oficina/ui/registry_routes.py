@@ -65,9 +65,9 @@ def lineage(data: dict) -> dict:
 
 def card(data: dict) -> dict:
     """What ``oficina show --json`` prints for a version."""
-    from ..api import resolve
     from ..models.info import describe
     from ..options import Options
+    from ..registry.sources import resolve
 
     reg = _registry()
     entry = resolve(text(data, "name"), reg, auto_pull=False)

@@ -214,9 +214,9 @@ async def show(call) -> Response:
     name = field(body, "model", str) or field(body, "name", str, "")
 
     def work():
-        from ...api import resolve
         from ...create import to_modelfile
         from ...options import Options
+        from ...registry.sources import resolve
 
         reg = call.server.pool.registry()
         entry = resolve(name, reg, auto_pull=False)

@@ -342,7 +342,7 @@ async def model(call) -> Response:
     name = call.request.path_params["model"]
 
     def work():
-        from ...api import resolve
+        from ...registry.sources import resolve
 
         return resolve(name, call.server.pool.registry(), auto_pull=False)
 
