@@ -26,9 +26,9 @@ import numpy as np
 import oficina
 from oficina.evaluation.scoring import DEFAULT_WINDOW, rolling_windows
 from oficina.evaluation.tasks import builtin_path
+from oficina.formats.ggml.mixes import FILE_TYPES
 from oficina.formats.gguf_export import export_gguf, load_gguf_weights
 from oficina.quant import llamacpp
-from oficina.quant.mixes import FILE_TYPES
 from oficina.quant.report import _compare, _Logprobs
 
 DEFAULT = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",

@@ -191,7 +191,7 @@ def test_unsupported_tokenizer_is_refused(make_llama, tmp_path):
 
 
 def test_tensor_types_follow_llama_cpp():
-    from oficina.quant import mixes
+    from oficina.formats.ggml import mixes
 
     q8 = mixes.get("q8_0")
     assert mixes.tensor_type(q8, "blk.0.attn_norm.weight", (64,)) == "F32"  # norms, biases

@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+from oficina.formats.ggml.types import TYPES
 from oficina.quant import llamacpp
-from oficina.quant.gguf_types import TYPES
 
 NO_LLAMA_CPP = llamacpp.missing()
 needs_llama_cpp = pytest.mark.skipif(NO_LLAMA_CPP is not None, reason=f"llama.cpp reference unavailable: {NO_LLAMA_CPP}")

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import gguf_models
+from oficina.formats.ggml.mixes import FILE_TYPES
 from oficina.formats.gguf_export import export_gguf, load_gguf_weights
 from oficina.quant import llamacpp
-from oficina.quant.mixes import FILE_TYPES
 
 pytestmark = pytest.mark.skipif(llamacpp.missing() is not None, reason=str(llamacpp.missing()))
 

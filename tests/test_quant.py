@@ -16,10 +16,10 @@ import torch
 
 import gguf_models
 from oficina.cli import main
+from oficina.formats.ggml.mixes import ALIASES, FILE_TYPES, FileType, get, tensor_type
+from oficina.formats.ggml.types import TYPES
 from oficina.formats.gguf_export import export_gguf, load_gguf_weights, plan_types
 from oficina.quant import QuantLinear
-from oficina.quant.gguf_types import TYPES
-from oficina.quant.mixes import ALIASES, FILE_TYPES, FileType, get, tensor_type
 from oficina.quant.torch_quant import TARGETS, TorchQuantConfig, quantize
 
 # -- the type registry ------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_rules_name_only_known_types_and_categories():
     for ft in FILE_TYPES.values():
         assert ft.default in TYPES and all(r.type in TYPES and r.category in kinds for r in ft.rules)
     with pytest.raises(ValueError, match="unknown GGML types"):
-        from oficina.quant.mixes import register
+        from oficina.formats.ggml.mixes import register
         register(FileType("BAD", FILE_TYPES["Q4_0"].ftype, "Q9_K"))
 
 

@@ -66,7 +66,7 @@ def export(args) -> None:
 
     if args.format != "gguf":
         raise InvalidOptions(f"unknown export format {args.format!r} (supported: gguf)")
-    from ..quant.mixes import get
+    from ..formats.ggml.mixes import get
 
     try:
         get(args.type)  # before the model is pulled or loaded
@@ -78,7 +78,7 @@ def export(args) -> None:
 
 
 def register(sub) -> None:
-    # not the whole table (quant/mixes.py): reading it imports gguf and numpy, and `oficina
+    # not the whole table (formats/ggml/mixes.py): reading it imports gguf and numpy, and `oficina
     # --help` must stay fast; a wrong name gets the full list
     types = "e.g. F16, BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K"
     s = sub.add_parser("quantize", help="quantize a model's weights in PyTorch (int8/int4/fp16/bf16), "

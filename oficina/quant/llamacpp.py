@@ -88,7 +88,7 @@ def quantize_file(src: str | Path, dst: str | Path, file_type: str, threads: int
     import gguf
 
     llama_cpp = _llama_cpp()
-    from oficina.quant.mixes import get
+    from ..formats.ggml.mixes import get
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(get(file_type).ftype)

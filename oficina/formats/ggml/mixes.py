@@ -28,7 +28,7 @@ from typing import Callable
 
 from gguf import LlamaFileType
 
-from .gguf_types import TYPES
+from .types import TYPES
 
 __all__ = ["ALIASES", "FILE_TYPES", "FileType", "Layer", "Rule", "category", "get", "tensor_type"]
 
