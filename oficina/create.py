@@ -26,10 +26,10 @@ def _looks_like_path(value: str, base_dir: Path) -> bool:
 
 
 def _base(reg: Registry, source: str, base_dir: Path) -> tuple[Manifest, str | None]:
-    from .serve.remote import is_remote, manifest_for
+    from .registry.sources import is_remote, remote_manifest
 
     if is_remote(source):  # FROM openai://host:port/model: answers come from that upstream
-        return manifest_for(source), None
+        return remote_manifest(source), None
     if _looks_like_path(source, base_dir):
         path = (base_dir / Path(source).expanduser()).resolve()
         if not path.exists():

@@ -19,8 +19,8 @@ from oficina.cli import main
 from oficina.formats.ggml.mixes import ALIASES, FILE_TYPES, FileType, get, tensor_type
 from oficina.formats.ggml.types import TYPES
 from oficina.formats.gguf_export import export_gguf, load_gguf_weights, plan_types
+from oficina.models.torch_quant import TARGETS, TorchQuantConfig, quantize
 from oficina.quant import QuantLinear
-from oficina.quant.torch_quant import TARGETS, TorchQuantConfig, quantize
 
 # -- the type registry ------------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ def test_report_rows_and_chart(tmp_path):
 def test_qlora_trains_on_a_packed_model(registry, tiny_entry, tmp_path, monkeypatch):
     """A model `oficina quantize --to int4` registered is a QLoRA base as it is: the packed
     QuantLinear layers are loaded as such and stay frozen, LoRA matrices train on top."""
-    from oficina.quant import torch_quant
+    from oficina.models import torch_quant
     from oficina.quant.convert import quantize_entry
     from oficina.tuning.config import TuneConfig
     from oficina.tuning.run import tune

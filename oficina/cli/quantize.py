@@ -14,8 +14,8 @@ def quantize(args) -> None:
         return _report(args)
     if not args.to:
         raise InvalidOptions("say what to quantize to: --to fp16|bf16|int8|int4 (or --report to measure every type)")
+    from ..models.torch_quant import TorchQuantConfig
     from ..quant.convert import quantize_entry
-    from ..quant.torch_quant import TorchQuantConfig
 
     entry, result = quantize_entry(registry(), args.name, TorchQuantConfig(args.to, args.group_size), args.out)
     group = "" if result.to in ("fp16", "bf16") else (

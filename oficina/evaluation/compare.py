@@ -119,7 +119,7 @@ def _delta_dict(d) -> dict[str, Any] | None:
 
 def folder_digest(folder: Path) -> str:
     """sha256 over (relative path, file sha256) of every file: a stable id for a local model."""
-    from ..registry.store import sha256_file
+    from ..formats.digest import sha256_file
 
     h = hashlib.sha256()
     root = Path(folder)

@@ -61,7 +61,7 @@ def fast_runner(model, eos) -> FastRunner:
                          model.max_batch, ctx)
             why = f"fast runner: {loaded.info.file_type} GGUF weights kept packed"
         else:
-            from ..quant.torch_quant import is_packed
+            from ..models.torch_quant import is_packed
 
             if is_packed(loaded.source):
                 raise Unsupported("`oficina quantize` torch-packed folders are not read by the fast decoder yet")

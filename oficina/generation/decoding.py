@@ -12,27 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from torch import Tensor
 
 from ..options import Options
+from ..stats import Stats
 from .sampling import Sampler
 from .text import Detokenizer, StopMatcher
-
-
-@dataclass
-class Stats:
-    prompt_tokens: int = 0
-    eval_tokens: int = 0
-    prompt_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    load_seconds: float = 0.0  # set by the session on the first call after loading (Ollama's load_duration)
-    done_reason: str = ""  # "stop" (end token or stop text) | "length" (num_predict or num_ctx)
-    truncated: str | None = None  # what was dropped from the prompt, when it did not fit
-    tokens: list[int] = field(default_factory=list)  # the generated ids
-    reused_tokens: int = 0  # prompt tokens whose KV came from a cached prefix (not prefilled)
 
 
 class LogitsProcessor(Protocol):

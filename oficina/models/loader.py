@@ -103,12 +103,12 @@ def load_torch(folder: Path, cls: str, dtype: torch.dtype | None = None, labels:
                **kwargs) -> torch.nn.Module:
     """The weights of a Hugging Face folder (or ``gguf_file=`` in it) in transformers class
     ``cls`` ("AutoModelForCausalLM", a task's class...), on the device, not yet in eval mode.
-    A folder ``oficina quantize`` packed keeps its own precision (``quant.torch_quant``) unless
+    A folder ``oficina quantize`` packed keeps its own precision (``torch_quant.py``) unless
     ``labels`` asks for a new classification head. ``labels`` sizes that head; a decoder
     classifier finds the last token by ``pad_id``. Errors are one ``FormatError`` line."""
     import transformers
 
-    from ..quant.torch_quant import is_packed, load_packed
+    from .torch_quant import is_packed, load_packed
 
     quiet_transformers()
     folder = Path(folder)
@@ -153,7 +153,7 @@ def gguf_file(folder: Path) -> Path:
 def gguf_cache_folder(gguf: Path, cache: Path) -> Path:
     """Where the Hugging Face form (config, tokenizer, weights) of a GGUF file is cached; it is
     complete when it has a config.json."""
-    from ..registry.store import sha256_file
+    from ..formats.digest import sha256_file
 
     key = gguf.resolve().name.removeprefix("sha256-") if gguf.is_symlink() else sha256_file(gguf)[7:]
     return Path(cache) / f"gguf-{key[:32]}"

@@ -1,9 +1,8 @@
-"""Weight quantization, in PyTorch and as GGUF files.
+"""Quantizing a registry model, and measuring what it costs: the workflows. What they stand on
+lives below: the torch int8/int4 layers and packed folders in models/ (``quant_linear.py``,
+``torch_quant.py``: the loader reads packed folders), the GGML tensor types, K-quant kernels and
+llama.cpp file types in formats/ggml/.
 
-  linear.py       the weight-only int8/int4 linear layer (``QuantLinear``) that packed models,
-                  evaluation and QLoRA all run on; its schemes register in ``SCHEMES``
-  torch_quant.py  a whole model to fp16/bf16/int8/int4, saved packed and loaded back
-  (the GGML tensor types, K-quant kernels and llama.cpp file types are format code: formats/ggml/)
   convert.py      registry model -> packed model, GGUF file, or create --quantize
   report.py       size, perplexity, KL divergence, top-1 agreement and speed per type
   llamacpp.py     llama.cpp (optional) as the reference quantizer and the GGUF speed engine
@@ -13,10 +12,10 @@ __all__ = ["SCHEMES", "QuantLinear", "Scheme", "dequantize_model", "quantize_mod
 
 
 def __getattr__(name):
-    # lazy: linear.py imports torch, and `oficina --help` reads the GGUF type table (mixes.py)
-    # through this package without needing it
+    # lazy: quant_linear.py imports torch (the names stay here for the code and tests that
+    # import them from oficina.quant)
     if name in __all__:
-        from . import linear
+        from ..models import quant_linear
 
-        return getattr(linear, name)
+        return getattr(quant_linear, name)
     raise AttributeError(f"module 'oficina.quant' has no attribute {name!r}")

@@ -22,7 +22,7 @@ from oficina.registry.names import parse_ref
 from oficina.registry.registry import Entry, Registry
 from oficina.report import reporter
 
-from .torch_quant import KEY, QuantResult, TorchQuantConfig, is_packed
+from ..models.torch_quant import KEY, QuantResult, TorchQuantConfig, is_packed
 
 __all__ = ["export_entry", "float_folder", "gguf_manifest", "quantize_entry", "default_name"]
 
@@ -48,8 +48,8 @@ def float_folder(reg: Registry, manifest: Manifest, workdir: Path) -> Path:
 
 
 def _unpack(snap: Path, out: Path) -> Path:
-    from .linear import dequantize_model
-    from .torch_quant import load_packed
+    from ..models.quant_linear import dequantize_model
+    from ..models.torch_quant import load_packed
 
     model = load_packed(snap)
     reporter().warn(f"the source weights are already quantized ({model.config.oficina_quantization['to']}): "
@@ -81,7 +81,7 @@ def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | N
     from oficina.options import Options
     from oficina.registry.sources import resolve
 
-    from .torch_quant import quantize, save
+    from ..models.torch_quant import quantize, save
 
     entry = resolve(name, reg)
     target = out or default_name(entry.name, cfg.to)

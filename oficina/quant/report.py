@@ -199,8 +199,8 @@ def measure(model, gguf_types: Sequence[str] = DEFAULT_GGUF, torch_types: Sequen
     from oficina.evaluation.tasks import builtin_path
     from oficina.formats.gguf_export import file_type
 
+    from ..models.torch_quant import TorchQuantConfig
     from . import llamacpp
-    from .torch_quant import TorchQuantConfig
 
     for t in gguf_types:
         file_type(t)  # unknown names fail before anything runs
@@ -243,8 +243,8 @@ def _measure_types(report, lm, tok, folder, gguf_types, torch_types, runner, ref
                    why_no_llama, work) -> None:
     from oficina.formats.gguf_export import export_gguf, file_type, load_gguf_weights
 
+    from ..models.torch_quant import TorchQuantConfig, quantize, save
     from . import llamacpp
-    from .torch_quant import TorchQuantConfig, quantize, save
 
     ppl = report.rows[0].ppl
     n_weights = sum(p.numel() for p in lm.parameters())

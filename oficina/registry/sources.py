@@ -21,12 +21,12 @@ from typing import Iterator
 
 import tomllib
 
-from ..errors import FormatError, ModelNotFound, SourceError
+from ..errors import FormatError, ModelNotFound, OficinaError, SourceError
+from ..formats.digest import iter_file
 from ..report import reporter
-from .manifest import FileRef, safe_relpath
+from .manifest import FileRef, Manifest, safe_relpath
 from .names import parse_ref
 from .registry import Entry, Registry
-from .store import iter_file
 
 # Files of a Hugging Face model folder we take. Pickled weights (*.bin, *.pt) are not among
 # them: they can run code when loaded.
@@ -300,3 +300,29 @@ def _pull_hub(reg: Registry, repo_id: str, name: str | None) -> Entry:
     # the hub cache: <repo>/snapshots/<rev>/<file> -> ../../blobs/<hash>
     return import_path(reg, Path(folder), name or _name_from_path(Path(repo_id)),
                        root=Path(folder).parent.parent)
+
+
+# -- remote models: FROM openai://host:port/model (answers come from that upstream; serve/remote.py)
+REMOTE_SCHEMES = {"openai": "http", "openais": "https"}
+_REMOTE_URL = re.compile(r"^(openais?)://([^/\s]+)/(\S+)$")
+
+
+def is_remote(source: str) -> bool:
+    return source.split("://", 1)[0] in REMOTE_SCHEMES and "://" in source
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """``openai://host:port/model`` -> (``http://host:port/v1``, ``model``)."""
+    m = _REMOTE_URL.match(source.strip())
+    if not m:
+        raise OficinaError(f"FROM {source}: a remote model is openai://HOST:PORT/MODEL "
+                           f"(or openais:// for https)")
+    scheme, host, model = m.groups()
+    return f"{REMOTE_SCHEMES[scheme]}://{host}/v1", model
+
+
+def remote_manifest(source: str) -> Manifest:
+    """The manifest of a remote model: no files, the upstream in ``details``."""
+    base_url, model = parse_source(source)
+    return Manifest(format="remote", files=[], details={"remote": base_url, "upstream_model": model,
+                                                        "api": "openai"})

@@ -15,12 +15,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import Callable, Iterable
 
 from ..errors import RegistryError
+from ..formats.digest import iter_file
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-CHUNK = 1 << 20
 
 
 def check_digest(digest: str) -> str:
@@ -123,22 +123,6 @@ class BlobStore:
             except FileNotFoundError:
                 pass
         return freed
-
-
-def iter_file(f: BinaryIO) -> Iterable[bytes]:
-    while True:
-        chunk = f.read(CHUNK)
-        if not chunk:
-            return
-        yield chunk
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter_file(f):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def _gb(n: int) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ..stats import Stats
 from .guard import Guard, Verdict, check, combine, get_guard
 
 
@@ -87,8 +88,6 @@ class GuardedStream:
         return piece, v
 
     def __iter__(self) -> Iterator[Any]:
-        from ..generation.engine import Stats
-
         for item in self.items:
             if isinstance(item, Stats):
                 piece, v = self.finish()

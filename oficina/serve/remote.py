@@ -20,7 +20,6 @@ let through to try it (half-open), and a success closes the breaker again.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -32,8 +31,8 @@ import httpx
 from ..errors import OficinaError
 from ..options import Options
 
-SCHEMES = {"openai": "http", "openais": "https"}
-_URL = re.compile(r"^(openais?)://([^/\s]+)/(\S+)$")
+# where a remote model comes from (a Modelfile's FROM openai://...) is the registry's to say
+from ..registry.sources import parse_source  # noqa: F401
 
 FAILURES = 3          # consecutive unreachable answers that open the breaker
 COOLDOWN = 5.0        # seconds the breaker stays open the first time
@@ -46,29 +45,6 @@ class UpstreamError(OficinaError):
     """The upstream could not be reached or failed (HTTP 502)."""
 
     status = 502
-
-
-def is_remote(source: str) -> bool:
-    return source.split("://", 1)[0] in SCHEMES and "://" in source
-
-
-def parse_source(source: str) -> tuple[str, str]:
-    """``openai://host:port/model`` -> (``http://host:port/v1``, ``model``)."""
-    m = _URL.match(source.strip())
-    if not m:
-        raise OficinaError(f"FROM {source}: a remote model is openai://HOST:PORT/MODEL "
-                           f"(or openais:// for https)")
-    scheme, host, model = m.groups()
-    return f"{SCHEMES[scheme]}://{host}/v1", model
-
-
-def manifest_for(source: str):
-    """The manifest of a remote model: no files, the upstream in ``details``."""
-    from ..registry.manifest import Manifest
-
-    base_url, model = parse_source(source)
-    return Manifest(format="remote", files=[], details={"remote": base_url, "upstream_model": model,
-                                                        "api": "openai"})
 
 
 # -- the breaker ----------------------------------------------------------------------------------

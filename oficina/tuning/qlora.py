@@ -1,6 +1,6 @@
 """QLoRA (Dettmers et al. 2023): LoRA trained over a frozen base whose linear layers are stored
 quantized (``oficina.quant``: int4 in groups of 64, or int8 per channel). Cuts the memory of
-the frozen weights, costs a dequantization per layer per pass (see ``quant/linear.py`` for the
+the frozen weights, costs a dequantization per layer per pass (see ``models/quant_linear.py`` for the
 measured trade-off on CPU). peft's own ``lora.Linear`` wraps our ``QuantLinear`` through its
 custom-module hook (``LoraConfig._register_custom_module``).
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..errors import InvalidOptions
-from ..quant import QuantLinear, dequantize_model, quantize_model
+from ..models.quant_linear import QuantLinear, dequantize_model, quantize_model
 from . import peft_common
 from .lora import LoraConfig
 from .method import Method, adapter_meta, register

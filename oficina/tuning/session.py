@@ -26,7 +26,7 @@ from ..errors import OficinaError
 from ..formats.template import is_go_template
 from ..models.info import describe
 from ..models.loader import auto_class, load_folder, load_tokenizer, no_tqdm
-from ..quant.linear import QuantLinear
+from ..models.quant_linear import QuantLinear
 from ..registry.manifest import Manifest
 from ..registry.registry import Entry, Registry
 from ..registry.sources import collect_files

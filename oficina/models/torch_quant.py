@@ -6,7 +6,7 @@
     model = load_packed(folder, "decoder-only")   # what models.loader does for such a folder
 
 ``fp16`` / ``bf16`` cast every weight (the model then runs in that dtype). ``int8`` / ``int4``
-replace the linear layers by ``QuantLinear`` (``linear.py``: int8 per output channel, int4 in
+replace the linear layers by ``QuantLinear`` (``quant_linear.py``: int8 per output channel, int4 in
 groups of ``group_size`` input columns, symmetric absmax), the one packed-linear implementation
 that generation, evaluation and QLoRA all run on; everything else stays float32.
 
@@ -35,9 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from oficina.errors import FormatError, InvalidOptions
-
-from .linear import SCHEMES, QuantLinear, _set_module, quantize_model
+from ..errors import FormatError, InvalidOptions
+from .quant_linear import SCHEMES, QuantLinear, _set_module, quantize_model
 
 __all__ = ["KEY", "KEPT", "TARGETS", "QuantResult", "TorchQuantConfig", "is_packed", "load_packed", "quantize", "save"]
 
