@@ -36,12 +36,11 @@ def quantize(args) -> None:
 
 
 def _report(args) -> None:
-    import oficina
-
+    from ..api import load
     from ..quant.report import DEFAULT_GGUF, DEFAULT_TORCH, measure
 
     reg = registry()
-    model = oficina.load(args.name, registry=reg)
+    model = load(args.name, registry=reg)
     gguf_types = DEFAULT_GGUF if args.types is None else [t for t in args.types.split(",") if t]
     torch_types = DEFAULT_TORCH if args.torch is None else [t for t in args.torch.split(",") if t]
     info = model.info

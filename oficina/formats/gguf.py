@@ -32,7 +32,7 @@ from gguf.constants import (
     GGUFValueType,
 )
 
-from oficina.errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["ArrayInfo", "GGUFHeader", "TensorInfo", "read_header"]
 

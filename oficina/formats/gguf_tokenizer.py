@@ -30,7 +30,7 @@ from pathlib import Path
 import gguf
 from gguf import TokenType
 
-from oficina.errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["BPE_PRE", "read_json", "write_tokenizer"]
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from oficina.errors import OficinaError
-from oficina.registry.manifest import Manifest
-from oficina.registry.names import parse_ref
-from oficina.registry.registry import Entry, Registry
-from oficina.report import reporter
-
+from ..errors import OficinaError
 from ..models.torch_quant import KEY, QuantResult, TorchQuantConfig, is_packed
+from ..registry.manifest import Manifest
+from ..registry.names import parse_ref
+from ..registry.registry import Entry, Registry
+from ..report import reporter
 
 __all__ = ["export_entry", "float_folder", "gguf_manifest", "quantize_entry", "default_name"]
 
@@ -32,8 +31,8 @@ _FLOAT_FILE_TYPES = ("F32", "F16", "BF16", "ALL_F32")
 def float_folder(reg: Registry, manifest: Manifest, workdir: Path) -> Path:
     """A Hugging Face folder with float weights for ``manifest`` (written under ``workdir`` when
     one has to be made)."""
-    from oficina.models.info import describe
-    from oficina.models.loader import load_folder
+    from ..models.info import describe
+    from ..models.loader import load_folder
 
     snap = reg.snapshot_for(manifest)
     if manifest.format == "gguf":
@@ -76,12 +75,11 @@ def default_name(source: str, suffix: str) -> str:
 def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | None = None) -> tuple[Entry, QuantResult]:
     """Quantize registry model ``name`` in PyTorch and register the packed result (lineage:
     parent = the source version, producer = what was done)."""
-    from oficina.generation.session import Model
-    from oficina.models.loader import load_folder
-    from oficina.options import Options
-    from oficina.registry.sources import resolve
-
+    from ..generation.session import Model
+    from ..models.loader import load_folder
     from ..models.torch_quant import quantize, save
+    from ..options import Options
+    from ..registry.sources import resolve
 
     entry = resolve(name, reg)
     target = out or default_name(entry.name, cfg.to)
@@ -101,7 +99,7 @@ def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | N
 
 def export_entry(reg: Registry, name: str, file_type: str, out_path: str | Path) -> Path:
     """Write registry model ``name`` as a GGUF file of ``file_type`` ("Q4_K_M", "f16", ...)."""
-    from oficina.registry.sources import resolve
+    from ..registry.sources import resolve
 
     entry = resolve(name, reg)
     if entry.manifest.adapters:
@@ -120,8 +118,8 @@ def gguf_manifest(reg: Registry, manifest: Manifest, file_type: str) -> Manifest
 
 
 def _export(folder: Path, out: Path, file_type: str) -> Path:
-    from oficina.formats.gguf_export import export_gguf
-    from oficina.formats.gguf_export import file_type as get_type
+    from ..formats.gguf_export import export_gguf
+    from ..formats.gguf_export import file_type as get_type
 
     ft = get_type(file_type)
     if out.suffix.lower() != ".gguf":

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from oficina.errors import OficinaError
+from ..errors import OficinaError
 
 __all__ = ["decode_speed", "greedy", "missing", "open_model", "quantize_file", "reference_quantize"]
 

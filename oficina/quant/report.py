@@ -35,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from oficina.report import reporter
+from ..report import reporter
 
 __all__ = ["DEFAULT_GGUF", "DEFAULT_TORCH", "Report", "Row", "measure"]
 
@@ -169,8 +169,8 @@ def _compare(ref: list[torch.Tensor], ours: list[torch.Tensor], targets: list[li
 
 
 def _torch_speed(model, tokenizer, prompt: list[int]) -> float:
-    from oficina.generation.engine import Engine
-    from oficina.options import Options
+    from ..generation.engine import Engine
+    from ..options import Options
 
     engine = Engine(model, tokenizer, eos_ids=[], context_length=None)
     opts = Options.from_mapping({"temperature": 0, "num_predict": SPEED_TOKENS["torch"]})
@@ -195,10 +195,9 @@ def measure(model, gguf_types: Sequence[str] = DEFAULT_GGUF, torch_types: Sequen
             name: str | None = None, reference: str | None = None, workdir: str | Path | None = None) -> Report:
     """Measure every type against ``model`` (an ``oficina.api.Model`` with float32 weights in an
     HF folder, ``model.loaded.folder``)."""
-    from oficina.evaluation.scoring import DEFAULT_WINDOW, rolling_windows
-    from oficina.evaluation.tasks import builtin_path
-    from oficina.formats.gguf_export import file_type
-
+    from ..evaluation.scoring import DEFAULT_WINDOW, rolling_windows
+    from ..evaluation.tasks import builtin_path
+    from ..formats.gguf_export import file_type
     from ..models.torch_quant import TorchQuantConfig
     from . import llamacpp
 
@@ -241,8 +240,7 @@ def measure(model, gguf_types: Sequence[str] = DEFAULT_GGUF, torch_types: Sequen
 
 def _measure_types(report, lm, tok, folder, gguf_types, torch_types, runner, ref, targets, prompt, speed,
                    why_no_llama, work) -> None:
-    from oficina.formats.gguf_export import export_gguf, file_type, load_gguf_weights
-
+    from ..formats.gguf_export import export_gguf, file_type, load_gguf_weights
     from ..models.torch_quant import TorchQuantConfig, quantize, save
     from . import llamacpp
 
