@@ -12,10 +12,12 @@ from pathlib import Path
 from .errors import FormatError, InvalidOptions, ModelfileError, OficinaError
 from .formats.template import compile_template, go_to_jinja, is_go_template
 from .modelfile import Modelfile, parse_file
+from .models.info import describe
 from .options import Options, validate_mapping
 from .registry.manifest import FileRef, Manifest
 from .registry.registry import Entry, Registry
-from .registry.sources import store_files
+from .registry.sources import inside, is_remote, remote_manifest, resolve, store_files
+from .safety.guard import parse_spec
 
 ROLES = ("system", "user", "assistant")
 
@@ -26,8 +28,6 @@ def _looks_like_path(value: str, base_dir: Path) -> bool:
 
 
 def _base(reg: Registry, source: str, base_dir: Path) -> tuple[Manifest, str | None]:
-    from .registry.sources import is_remote, remote_manifest
-
     if is_remote(source):  # FROM openai://host:port/model: answers come from that upstream
         return remote_manifest(source), None
     if _looks_like_path(source, base_dir):
@@ -35,7 +35,6 @@ def _base(reg: Registry, source: str, base_dir: Path) -> tuple[Manifest, str | N
         if not path.exists():
             raise OficinaError(f"FROM {source}: no such file or folder")
         return reg.manifest_for(path), None
-    from .registry.sources import resolve
 
     entry = resolve(source, reg)
     return replace(entry.manifest, params=dict(entry.manifest.params),
@@ -48,12 +47,13 @@ _ADAPTER_KINDS = "a PEFT adapter folder (adapter_config.json + adapter_model.saf
 def _adapter_files(reg: Registry, source: str, base_dir: Path, index: int, base_info) -> list[FileRef]:
     """The files of one ADAPTER, checked now (a bad adapter would otherwise be accepted here and
     crash ``run``): its kind, its links, its weights and their shapes against the base."""
-    from .registry.sources import inside
+    # here, not at the top: loads torch, and the CLI imports create.py at start-up
     from .tuning.attach import check_adapter
 
     given = base_dir / Path(source).expanduser()
     path = given.resolve()
     if path.is_file() and path.suffix == ".gguf":
+        # here, not at the top: loads numpy (gguf), and the CLI imports create.py at start-up
         from .formats.gguf import read_header
 
         read_header(path)
@@ -121,7 +121,6 @@ def _create(reg: Registry, name: str, mf: Modelfile, modelfile: Path, quantize: 
         except InvalidOptions as e:
             raise _at(mf, "PARAMETER", -1, e) from None
         if manifest.params.get("guard"):  # an unknown guard fails now, not at the first request
-            from .safety.guard import parse_spec
 
             for spec in manifest.params["guard"]:
                 parse_spec(spec)
@@ -134,8 +133,6 @@ def _create(reg: Registry, name: str, mf: Modelfile, modelfile: Path, quantize: 
     if mf.license:
         manifest.license = list(mf.license)
     if mf.adapters:
-        from .models.info import describe
-
         base_info = describe(reg.snapshot_for(manifest), manifest.format)
         manifest.adapters = []
         for i, a in enumerate(mf.adapters):
@@ -145,6 +142,7 @@ def _create(reg: Registry, name: str, mf: Modelfile, modelfile: Path, quantize: 
                 raise _at(mf, "ADAPTER", i, e) from None
     producer = {"op": "create", "source": mf.from_, "modelfile": Path(modelfile).read_text(errors="replace")}
     if quantize:
+        # here, not at the top: loads torch, and the CLI imports create.py at start-up
         from .quant.convert import gguf_manifest
 
         manifest = gguf_manifest(reg, manifest, quantize)

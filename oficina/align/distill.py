@@ -25,7 +25,12 @@ from torch import nn
 
 from .. import __version__
 from ..errors import InvalidOptions, OficinaError
-from ..pretrain.run import save_model
+from ..models.loader import device
+from ..pretrain.config import PretrainConfig
+from ..pretrain.families import family
+from ..pretrain.run import check_vocab, save_model
+from ..pretrain.size import build
+from ..pretrain.tokenizer import special_ids
 from ..registry.registry import Entry, Registry
 from ..report import reporter
 from ..tuning import loop, tasks
@@ -205,13 +210,6 @@ def _student(run: Session, student: str, teacher: Base, cfg: TuneConfig, task):
 
 
 def _student_from_config(path: Path, teacher_tok, max_length: int, seed: int):
-    from ..models.loader import device
-    from ..pretrain.config import PretrainConfig
-    from ..pretrain.families import family
-    from ..pretrain.run import check_vocab
-    from ..pretrain.size import build
-    from ..pretrain.tokenizer import special_ids
-
     cfg = PretrainConfig.from_file(path)
     fam = family(cfg.arch.family)
     if fam.kind != "decoder-only":

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from ..errors import OficinaError
-from .common import console, count
+from ..tuning.config import coerce
+from .common import console, count, registry
 from .pretrain import LOOP_FLAGS, loop_flags, tune_config
 from .tune import registered_row, summary_table
 
@@ -12,9 +13,9 @@ PAIR_FLAGS = ("data", "out", "method", "truncate") + LOOP_FLAGS
 
 
 def dpo(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..align.dpo import DPOConfig
     from ..align.dpo import dpo as run
-    from ..tuning.config import coerce
 
     settings = coerce(DPOConfig, {"beta": args.beta} if args.beta is not None else {})
     cfg = tune_config(args, args.base, PAIR_FLAGS)
@@ -24,6 +25,7 @@ def dpo(args) -> None:
 
 
 def reward(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..align.reward import reward as run
 
     cfg = tune_config(args, args.base, PAIR_FLAGS)
@@ -33,6 +35,7 @@ def reward(args) -> None:
 
 
 def score(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..align.reward import score as run
 
     candidates = list(args.candidates)
@@ -50,8 +53,6 @@ def score(args) -> None:
 
 
 def _registry():
-    from .common import registry
-
     return registry()
 
 

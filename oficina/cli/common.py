@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..options import PARAMS
+from ..options import PARAMS, validate_mapping
+from ..registry.registry import Registry
 
 
 def console():
@@ -18,8 +19,6 @@ def console():
 
 
 def registry():
-    from ..registry.registry import Registry
-
     return Registry()
 
 
@@ -43,8 +42,6 @@ def option_flags(p: argparse.ArgumentParser) -> None:
 
 def options_from(args: argparse.Namespace) -> dict[str, Any]:
     """The parameter flags given, checked now: a wrong value is refused before any model loads."""
-    from ..options import validate_mapping
-
     given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
     validate_mapping(given)
     return given

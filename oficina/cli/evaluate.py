@@ -6,15 +6,16 @@ import json
 import math
 from pathlib import Path
 
+from ..evaluation import EvalConfig, evaluate, parse_tasks, save_metrics
+from ..evaluation.chart import draw
+from ..evaluation.multiple_choice import STYLES
+from ..evaluation.tasks import KINDS
 from .common import console, option_flags, options_from, registry
 
 DEFAULT_TASKS = "ppl:builtin,mc:builtin,truthful:builtin"
 
 
 def eval_(args) -> None:
-    from ..evaluation import EvalConfig, evaluate, parse_tasks, save_metrics
-    from ..evaluation.chart import draw
-
     cfg = EvalConfig(shots=args.shots, mc_style=args.mc_style, window=args.window,
                      stride=args.stride, batch_tokens=args.batch_tokens, limit=args.limit,
                      options=options_from(args), bootstrap=args.bootstrap)
@@ -108,9 +109,6 @@ def _notes(report) -> str:
 
 
 def register(sub) -> None:
-    from ..evaluation.multiple_choice import STYLES
-    from ..evaluation.tasks import KINDS
-
     s = sub.add_parser(
         "eval", help="evaluate and compare models: perplexity, BLEU/ROUGE, accuracy, multiple choice",
         description="Score models on tasks and print them side by side (rows: models, columns: "

@@ -7,13 +7,16 @@ import sys
 from pathlib import Path
 
 from ..errors import OficinaError
+from ..safety import check
+from ..safety.classifier import CONTENT_MODEL, data_path, train_content
+from ..safety.guard import GUARDS, MAX_CHARS, GuardError, _load_builtins
+from ..safety.measure import measure
+from .common import console
 
 SUBCOMMANDS = ("list", "train", "eval")
 
 
 def _read_input(args) -> str:
-    from ..safety.guard import MAX_CHARS, GuardError
-
     if args.prompt is not None and args.file:
         raise GuardError("give the text or --file, not both")
     if args.prompt is not None:
@@ -51,7 +54,6 @@ def _context(args) -> dict | None:
 def guard(args) -> int:
     if args.name in SUBCOMMANDS:
         return {"list": _list, "train": _train, "eval": _eval}[args.name](args)
-    from ..safety import check
 
     text = _read_input(args)
     v = check(text, args.name, _context(args))
@@ -73,8 +75,6 @@ def guard(args) -> int:
 
 
 def _list(args) -> int:
-    from ..safety.guard import GUARDS, _load_builtins
-
     _load_builtins()
     for k in sorted(GUARDS.values(), key=lambda k: k.name):
         name = f"{k.name}={k.arg}" if k.arg else k.name
@@ -83,17 +83,12 @@ def _list(args) -> int:
 
 
 def _train(args) -> int:
-    from ..safety.classifier import CONTENT_MODEL, train_content
-
     r = train_content(out=args.out or CONTENT_MODEL)
     print(f"registered {r.entry.ref}" if getattr(r, "entry", None) else "trained")
     return 0
 
 
 def _eval(args) -> int:
-    from ..safety.classifier import data_path
-    from ..safety.measure import measure
-
     spec = args.prompt
     if not spec:
         raise OficinaError("usage: oficina guard eval GUARD [--data FILE]")
@@ -105,7 +100,6 @@ def _eval(args) -> int:
         return 0
     from rich.table import Table
 
-    from .common import console
 
     c = console()
     c.print(f"{m.guard} on {m.data} ({m.items} texts)", markup=False)

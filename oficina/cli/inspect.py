@@ -6,10 +6,13 @@ import json
 import sys
 
 from ..errors import OficinaError
+from ..options import Options
 from .common import console, count, option_flags, options_from
+from .rag import embed_files
 
 
 def _load(args):
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..api import load
 
     return load(args.name)
@@ -40,6 +43,7 @@ def _table(*columns: str, right: tuple[str, ...] = ()):
 
 
 def tokenize(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..inspect import tokenize as do
 
     t = do(_load(args), _text(args), special=not args.no_special)
@@ -65,9 +69,9 @@ ALWAYS = ("temperature", "top_k", "top_p", "min_p")
 
 
 def predict(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..inspect import predict as do
     from ..inspect.predict import SAMPLING_PARAMS
-    from ..options import Options
 
     opts = options_from(args)  # checked before the model loads
     p = do(_load(args), _text(args), top=args.top, **opts)
@@ -92,6 +96,7 @@ def predict(args) -> None:
 
 
 def attention(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..inspect import attention as do
     from ..inspect import find_token, plots
 
@@ -132,9 +137,9 @@ def _vec(v, edge: int = 4) -> str:
 
 def embed(args) -> None:
     if args.file:  # vectors for files, batched (the retrieval encoder): cli/rag.py
-        from .rag import embed_files
 
         return embed_files(args)
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..inspect import embed as do
 
     e = do(_load(args), _text(args), pooling=args.pooling)
@@ -150,6 +155,7 @@ def embed(args) -> None:
 
 
 def similarity(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..inspect import similarity as do
 
     s = do(_load(args), args.text_a, args.text_b, pooling=args.pooling)
@@ -159,6 +165,7 @@ def similarity(args) -> None:
 
 
 def weights(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..inspect import plots
     from ..inspect import weights as do
 

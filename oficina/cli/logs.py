@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import OficinaError
+from ..serve.convlog import RATED_CHOICES, ConvLog, default_path
+from ..serve.export import export as run
 from .common import console, short
 
 _AGO = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -29,8 +31,6 @@ def parse_when(value: str | None) -> float | None:
 
 
 def open_log(args):
-    from ..serve.convlog import ConvLog, default_path
-
     path = Path(args.db) if args.db else default_path()
     if not path.exists():
         raise OficinaError(f"no conversation log at {path} yet: `oficina serve` writes it")
@@ -105,8 +105,6 @@ def rate(args) -> None:
 
 
 def export(args) -> None:
-    from ..serve.export import export as run
-
     entries = open_log(args).find(**selection(args, default_rated="any"), newest_first=False)
     r = run(entries, args.format, args.out)
     skipped = "".join(f"; skipped {n} ({why})" for why, n in r.skipped.items())
@@ -143,7 +141,6 @@ def _filters(p) -> None:
     g.add_argument("--until", metavar="WHEN", help="before this time")
     g.add_argument("--slow", type=float, metavar="SECONDS", help="took at least this long")
     g.add_argument("--failed", action="store_true", help="only requests that failed")
-    from ..serve.convlog import RATED_CHOICES
 
     g.add_argument("--rated", choices=RATED_CHOICES, help="by review: good, bad, corrected, any, none")
 

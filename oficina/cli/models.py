@@ -6,12 +6,17 @@ import json
 import time
 from pathlib import Path
 
+from ..create import create as do_create
+from ..create import to_modelfile
+from ..errors import OficinaError
+from ..models.info import describe
+from ..options import Options
+from ..registry.sources import pull as do_pull
+from ..tuning.method import method_of_adapter
 from .common import console, count, human, registry, short
 
 
 def pull(args) -> None:
-    from ..registry.sources import pull as do_pull
-
     entry = do_pull(registry(), args.source, args.name)
     print(f"{short(entry.name)} version {entry.version} ({entry.digest[7:19]}) {human(entry.manifest.size)}")
 
@@ -76,17 +81,13 @@ def rollback(args) -> None:
 
 
 def create(args) -> None:
-    from ..create import create as do_create
-
     e = do_create(registry(), args.name, Path(args.file), quantize=args.quantize)
     print(f"created {short(e.name)} version {e.version} ({e.digest[7:19]})")
 
 
 def show(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..api import resolve
-    from ..create import to_modelfile
-    from ..models.info import describe
-    from ..options import Options
 
     reg = registry()
     entry = resolve(args.name, reg)
@@ -169,9 +170,6 @@ def _print_info(entry, info, params, reg=None) -> None:
 
 def _adapters(entry, reg) -> list[tuple[str, str, int]]:
     """(index, method, bytes) of each adapter a registry model stacks on its weights."""
-    from ..errors import OficinaError
-    from ..tuning.method import method_of_adapter
-
     sizes: dict[str, int] = {}
     for f in entry.manifest.adapters:
         index = f.path.split("/", 1)[0]

@@ -8,6 +8,8 @@ import dataclasses
 import typing
 
 from ..errors import OficinaError
+from ..pretrain.config import PretrainConfig
+from ..tuning.config import TuneConfig, coerce
 from .common import console, count, human, literal, registry, short
 from .tune import summary_table
 
@@ -19,8 +21,6 @@ _ALIASES = {"learning_rate": ["--lr"], "data": ["-d"], "out": ["-o"], "method": 
 
 
 def loop_flags(p: argparse.ArgumentParser, names: tuple[str, ...] = LOOP_FLAGS, title: str = "training") -> None:
-    from ..tuning.config import TuneConfig
-
     hints = typing.get_type_hints(TuneConfig)
     help_of = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TuneConfig)}
     g = p.add_argument_group(f"{title} (the names of `oficina tune`'s recipe)")
@@ -39,8 +39,6 @@ def loop_values(args, names: tuple[str, ...] = LOOP_FLAGS) -> dict:
 
 def tune_config(args, base: str, names: tuple[str, ...], **fixed):
     """A TuneConfig from flags (converted and checked by its own rules)."""
-    from ..tuning.config import TuneConfig, coerce
-
     given = {**loop_values(args, names), **{k: v for k, v in fixed.items() if v is not None}, "base": base}
     options = {}
     for item in getattr(args, "opt", None) or []:
@@ -55,6 +53,7 @@ def tune_config(args, base: str, names: tuple[str, ...], **fixed):
 
 # -- tokenizer train ------------------------------------------------------------------------------
 def tokenizer_train(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..pretrain.tokenizer import train_tokenizer
 
     try:
@@ -70,7 +69,7 @@ def tokenizer_train(args) -> None:
 
 # -- pretrain -------------------------------------------------------------------------------------
 def pretrain(args) -> None:
-    from ..pretrain.config import PretrainConfig
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..pretrain.run import prepare
     from ..pretrain.run import pretrain as run
 
@@ -143,9 +142,9 @@ DISTILL_FLAGS = LOOP_FLAGS + ("data", "out", "train_on", "truncate", "packing")
 
 
 def distill(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..align.distill import DistillConfig
     from ..align.distill import distill as run
-    from ..tuning.config import coerce
 
     settings = coerce(DistillConfig, {k: getattr(args, k) for k in ("temperature", "alpha")
                                       if getattr(args, k) is not None})

@@ -19,6 +19,7 @@ def parse_vars(pairs) -> dict[str, str]:
 
 
 def _store():
+    # here, not at the top: loads jinja2/yaml (`oficina --help` stays light)
     from ..prompts import PromptStore
 
     return PromptStore()
@@ -29,6 +30,7 @@ def _when(t: float) -> str:
 
 
 def add(args) -> None:
+    # here, not at the top: loads jinja2/yaml (`oficina --help` stays light)
     from ..prompts import read
 
     p, new = _store().add(args.name, read(args.file), source=str(args.file))
@@ -99,6 +101,7 @@ def label(args) -> None:
 
 
 def test(args) -> int:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..api import load
     from ..prompts import test_prompt
 

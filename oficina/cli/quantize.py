@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InvalidOptions
 from .common import console, human, registry, short
 
 
 def quantize(args) -> None:
-    from ..errors import InvalidOptions
-
     if args.report:
         return _report(args)
     if not args.to:
         raise InvalidOptions("say what to quantize to: --to fp16|bf16|int8|int4 (or --report to measure every type)")
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..models.torch_quant import TorchQuantConfig
     from ..quant.convert import quantize_entry
 
@@ -36,6 +36,7 @@ def quantize(args) -> None:
 
 
 def _report(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..api import load
     from ..quant.report import DEFAULT_GGUF, DEFAULT_TORCH, measure
 
@@ -60,11 +61,12 @@ def _report(args) -> None:
 
 
 def export(args) -> None:
-    from ..errors import InvalidOptions
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..quant.convert import export_entry
 
     if args.format != "gguf":
         raise InvalidOptions(f"unknown export format {args.format!r} (supported: gguf)")
+    # here, not at the top: loads gguf (`oficina --help` stays light)
     from ..formats.ggml.mixes import get
 
     try:

@@ -7,6 +7,9 @@ import os
 import sys
 import time
 
+from ..errors import OficinaError
+from ..formats.atomic import atomic_write
+from ..formats.documents import DocumentError, read_document
 from .common import console, human, option_flags, options_from, registry
 
 
@@ -19,6 +22,7 @@ def _rel(path: str) -> str:
 
 
 def create(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     cfg = collection.CollectionConfig(args.embed, args.chunk_tokens, args.overlap, args.index)
@@ -29,6 +33,7 @@ def create(args) -> None:
 
 
 def ingest(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     t = time.perf_counter()
@@ -54,6 +59,7 @@ def ingest(args) -> None:
 def list_(args) -> None:
     from rich.table import Table
 
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.collection import display, list_collections
 
     entries = list_collections(registry())
@@ -75,6 +81,7 @@ def list_(args) -> None:
 def show(args) -> None:
     from rich.table import Table
 
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.retrieve import Collection
 
     col = Collection(args.name, registry(), args.version)
@@ -109,6 +116,7 @@ def show(args) -> None:
 
 
 def rm(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     for name in args.names:
@@ -117,6 +125,7 @@ def rm(args) -> None:
 
 
 def history(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     versions, head = collection.history(args.name, registry())
@@ -129,6 +138,7 @@ def history(args) -> None:
 
 
 def rollback(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     e = collection.rollback(args.name, args.to, registry())
@@ -136,6 +146,7 @@ def rollback(args) -> None:
 
 
 def reindex(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     e = collection.reindex(args.name, args.kind, registry())
@@ -144,12 +155,14 @@ def reindex(args) -> None:
 
 
 def _filters(args):
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.retrieve import Filters
 
     return Filters(args.source, args.tag, args.kind)
 
 
 def search(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.retrieve import Collection, retrieve
 
     col = Collection(args.name, registry())
@@ -163,6 +176,7 @@ def search(args) -> None:
 
 
 def ask(args) -> None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from .. import api
     from ..rag.answer import ask as do_ask
     from ..rag.retrieve import Collection
@@ -211,6 +225,7 @@ def ask(args) -> None:
 def eval_(args) -> None:
     from rich.table import Table
 
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.evaluate import Setting, compare, read_questions
 
     questions = read_questions(args.questions)
@@ -253,8 +268,7 @@ def embed_files(args) -> None:
     """``oficina embed NAME --file F...``: one vector per file (or per line with --lines), JSONL."""
     from pathlib import Path
 
-    from ..errors import OficinaError
-    from ..formats.documents import DocumentError, read_document
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.embed import load_encoder
 
     enc = load_encoder(args.name, registry(), args.dtype)
@@ -280,8 +294,6 @@ def embed_files(args) -> None:
     lines = "".join(json.dumps({"source": n, "embedding": [round(float(x), 7) for x in v]}) + "\n"
                     for n, v in zip(names, vecs))
     if args.output:
-        from ..formats.atomic import atomic_write
-
         with atomic_write(args.output, "w") as out:
             out.write(lines)
         print(f"wrote {len(names)} vectors of {enc.info.dim} dims to {args.output}", file=sys.stderr)

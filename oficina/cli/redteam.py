@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 from ..errors import OficinaError
+from ..registry.registry import Registry
+from ..safety.redteam import FAMILIES, draw, load_probes, saved
+from ..safety.redteam import redteam as run_suite
+from .common import console
 
 
 def redteam(args) -> int:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..api import load
-    from ..registry.registry import Registry
-    from ..safety.redteam import FAMILIES, draw, load_probes
-    from ..safety.redteam import redteam as run_suite
 
     reg = Registry()
     guards = tuple(args.guard or ())
@@ -57,7 +59,6 @@ def _cell(r, family):
 def _table(rows) -> None:
     from rich.table import Table
 
-    from .common import console
 
     t = Table()
     t.add_column("model (+guards)")
@@ -73,8 +74,6 @@ def _table(rows) -> None:
 
 
 def _print_saved(args, reg, configs) -> int:
-    from ..safety.redteam import FAMILIES, saved
-
     rows = []
     for name in args.models:
         entry = reg.get(name)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 
 from ..errors import OficinaError
+from ..options import Options
 from .common import option_flags, options_from
+from .prompt import parse_vars
 
 
 def run(args) -> int | None:
     opts = options_from(args)  # checked before torch is even imported
 
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..api import load
 
     prompt = args.prompt
@@ -38,8 +41,8 @@ def run(args) -> int | None:
 
 
 def _library_prompt(args, text, opts):
+    # here, not at the top: loads jinja2/yaml (`oficina --help` stays light)
     from ..prompts import PromptStore
-    from .prompt import parse_vars
 
     if text is not None:
         raise OficinaError("give either a prompt text or --prompt NAME, not both")
@@ -76,8 +79,6 @@ CHAT_HELP = """commands:
 
 
 def _chat_loop(model, args) -> int:
-    from ..options import Options
-
     history: list[dict[str, str]] = []
     if args.system:
         history.append({"role": "system", "content": args.system})

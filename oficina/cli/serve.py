@@ -12,6 +12,9 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import OficinaError
+from ..registry.registry import default_home
+from ..serve import convlog
+from ..serve.auth import SCOPES, Key, Policy, digest, load_keys, new_key
 from .common import console, human, registry
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
@@ -43,8 +46,8 @@ def _bytes(text: str | None) -> int | None:
 def serve(args) -> int:
     import uvicorn
 
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..serve.app import create_app
-    from ..serve.auth import Key, Policy, digest, load_keys
     from ..serve.native import Server
     from ..serve.pool import Pool, parse_keep_alive
 
@@ -56,6 +59,7 @@ def serve(args) -> int:
     policy = Policy(host, keys, tuple(args.allow_host or ()), tuple(args.cors_origin or ()), args.rate)
     pool = Pool(keep_alive=parse_keep_alive(args.keep_alive), memory_budget=_bytes(args.memory),
                 slots=args.slots, max_queue=args.max_queue)
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..serve import operate
 
     ops = operate.from_args(args)
@@ -115,8 +119,6 @@ def _until(stamp: str | None) -> str:
 
 def key(args) -> int:
     """Make a key, store its SHA-256 digest in the keys file, print the key once."""
-    from ..serve.auth import SCOPES, digest, load_keys, new_key
-
     path = Path(args.file)
     existing = load_keys(path) if path.exists() else []
     if any(k.id == args.id for k in existing):
@@ -133,8 +135,6 @@ def key(args) -> int:
 
 
 def register(sub) -> None:
-    from ..registry.registry import default_home
-
     s = sub.add_parser("serve", help="serve the registry's models over HTTP (Ollama and OpenAI APIs)")
     s.add_argument("--host", help=f"address to bind (default {DEFAULT_HOST}, or OFICINA_HOST)")
     s.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT})")
@@ -167,8 +167,6 @@ def register(sub) -> None:
 def _operation_flags(p) -> None:
     """Flags of the operations around serving (``serve/operate.py``); ``serve.convlog`` is light to
     import, the rest of ``serve`` (torch) is imported only when the server starts."""
-    from ..serve import convlog
-
     g = p.add_argument_group("operations: cache, log, cost")
     g.add_argument("--no-cache", action="store_true", help="answer every request fresh (no response cache)")
     g.add_argument("--cache-size", default="256MB", metavar="SIZE",

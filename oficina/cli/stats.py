@@ -12,6 +12,7 @@ from .logs import _cost, _db, open_log, parse_when
 def stats(args) -> None:
     from rich.table import Table
 
+    # here, not at the top: loads numpy (`oficina --help` stays light)
     from ..serve import stats as st
 
     entries = open_log(args).find(model=args.model, since=parse_when(args.since),

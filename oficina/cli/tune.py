@@ -7,6 +7,9 @@ import dataclasses
 import typing
 
 from ..errors import OficinaError
+from ..tuning.compare import compare
+from ..tuning.config import TuneConfig, coerce
+from ..tuning.method import load_all
 from .common import console, count, human, literal, registry, short
 
 # recipe fields that are positional, have their own flag below, or are not flags at all
@@ -15,8 +18,6 @@ _ALIASES = {"learning_rate": ["--lr"], "data": ["-d"], "out": ["-o"], "method": 
 
 
 def _config_from(args):
-    from ..tuning.config import TuneConfig, coerce
-
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TuneConfig)
              if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None}
     if args.base:
@@ -43,18 +44,15 @@ def _config_from(args):
 
 
 def tune(args) -> int | None:
-    from ..tuning.method import load_all
-
     if args.methods:
         return _print_methods(load_all())
     cfg = _config_from(args)
     reg = registry()
     if args.compare:
-        from ..tuning.compare import compare
-
         rows = compare(cfg, [m.strip() for m in args.compare.split(",") if m.strip()], reg)
         _print_compare(rows, cfg)
         return 1 if any(r.error for r in rows) else None
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..tuning.run import tune as run_tune
 
     r = run_tune(cfg, reg, resume=args.resume)
@@ -157,6 +155,7 @@ def _print_methods(methods) -> None:
 
 
 def merge(args) -> int | None:
+    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..tuning.run import merge as run_merge
 
     entry = run_merge(args.name, args.out, registry())
@@ -166,8 +165,6 @@ def merge(args) -> int | None:
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from ..tuning.config import TuneConfig
-
     hints = typing.get_type_hints(TuneConfig)
     g = p.add_argument_group("recipe (the same names as in a YAML recipe; flags override it)")
     for f in dataclasses.fields(TuneConfig):

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 
 from ..errors import OficinaError
+from ..registry.registry import default_home
+from .serve import _address
 
 START_TIMEOUT = 90.0  # seconds for a fresh server to import torch and bind, on a slow machine
 
@@ -29,9 +31,6 @@ def _probe(base: str) -> str:
 
 
 def ui(args) -> int:
-    from ..registry.registry import default_home
-    from .serve import _address
-
     host, port = _address(args.host, args.port)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     found = _probe(base)

@@ -52,6 +52,7 @@ def classifier(model):
     import torch
     import transformers
 
+    # here, not at the top: loads torch, and `oficina eval`'s flags come from this package
     from ..models.loader import no_tqdm
 
     with no_tqdm():

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import OficinaError
+from ..formats.atomic import atomic_write
+from ..formats.digest import sha256_file
 from ..report import reporter
 from . import stats
 from .tasks import KINDS, EvalConfig, Metric, TaskResult, TaskSpec, unable
@@ -101,8 +103,6 @@ class Report:
         }
 
     def save(self, path: Path) -> Path:
-        from ..formats.atomic import atomic_write
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "w") as f:
@@ -119,8 +119,6 @@ def _delta_dict(d) -> dict[str, Any] | None:
 
 def folder_digest(folder: Path) -> str:
     """sha256 over (relative path, file sha256) of every file: a stable id for a local model."""
-    from ..formats.digest import sha256_file
-
     h = hashlib.sha256()
     root = Path(folder)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
@@ -158,6 +156,7 @@ def run_tasks(model, label: str, specs: Sequence[TaskSpec], cfg: EvalConfig,
 def evaluate(models: Sequence[str], specs: Sequence[TaskSpec], cfg: EvalConfig,
              registry=None, loader=None) -> Report:
     """Load each model in turn (one in memory at a time), run every task, collect a Report."""
+    # here, not at the top: loads torch, and `oficina eval`'s flags come from this package
     from ..generation.session import load
 
     if not models:

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import torch
 
+from ..models.loader import gguf_file
+from ..models.torch_quant import is_packed
 from .fast import FastConfig, FastRunner, Unsupported, cpu_has_bf16
+from .fast.load import CACHE_VERSION, cached, from_gguf_file, from_state
 from .hf_runner import TransformersRunner
 
 
@@ -29,8 +32,6 @@ def choose_runner(model):
 
 
 def fast_runner(model, eos) -> FastRunner:
-    from .fast.load import cached, from_gguf_file, from_state
-
     loaded = model.loaded
     dtype = torch.bfloat16 if cpu_has_bf16() else torch.float32
     if getattr(loaded, "loaded", True):  # adapters were attached: the merged module is the source
@@ -49,10 +50,7 @@ def fast_runner(model, eos) -> FastRunner:
         ctx = min(model.options.num_ctx, cfg.context_length)
         tag = "bf16" if dtype == torch.bfloat16 else "f32"
         if loaded.info.format == "gguf":
-            from ..models.loader import gguf_file
-
             path = gguf_file(loaded.source)
-            from .fast.load import CACHE_VERSION
 
             # the version is in the name: processes running other versions keep their own file
             packed = (loaded.hf_folder.parent / f"{loaded.hf_folder.name}-fast{CACHE_VERSION}-{tag}.safetensors"
@@ -61,8 +59,6 @@ def fast_runner(model, eos) -> FastRunner:
                          model.max_batch, ctx)
             why = f"fast runner: {loaded.info.file_type} GGUF weights kept packed"
         else:
-            from ..models.torch_quant import is_packed
-
             if is_packed(loaded.source):
                 raise Unsupported("`oficina quantize` torch-packed folders are not read by the fast decoder yet")
             state = _safetensors(loaded.source)

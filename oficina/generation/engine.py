@@ -15,6 +15,7 @@ import torch
 
 from ..options import Options
 from .decoding import Decoding, Stats, fit_prompt  # noqa: F401  (re-exported: Stats, fit_prompt)
+from .hf_runner import TransformersRunner
 from .runner import Runner
 
 
@@ -32,8 +33,6 @@ class Engine:
     def __init__(self, model: Runner | torch.nn.Module, tokenizer, eos_ids: Sequence[int] = (),
                  context_length: int | None = None):
         if not isinstance(model, Runner):
-            from .hf_runner import TransformersRunner
-
             model = TransformersRunner(model, eos_ids, context_length, max_batch=1)
         self.runner = model
         self.tokenizer = tokenizer

@@ -14,12 +14,21 @@ import torch
 
 from ..errors import OficinaError
 from ..formats.template import render_chat
-from ..models.info import ModelInfo
-from ..models.loader import Loaded, load_folder
+from ..models.info import ModelInfo, check_loadable, describe
+from ..models.loader import (
+    Loaded,
+    gguf_cache_folder,
+    gguf_file,
+    load_folder,
+    load_tokenizer,
+)
 from ..options import Options
 from ..registry.registry import Entry, Registry
 from ..registry.sources import resolve
 from ..report import quiet_libraries, reporter
+from ..safety.stream import GuardedStream, check_input, done_reason
+from ..tuning.attach import attach_loaded
+from .choose import choose_runner
 from .engine import Engine, Stats
 
 quiet_libraries()
@@ -50,7 +59,6 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
         snap = reg.snapshot(entry)
         cache = reg.home / "cache"
         if entry.manifest.adapters:  # `oficina tune` results and Modelfile ADAPTER lines (PEFT layout)
-            from ..tuning.attach import attach_loaded
 
             loaded = attach_loaded(load_folder(snap, entry.manifest.format, cache=cache, label=entry.ref),
                                    snap / "adapters")
@@ -68,8 +76,6 @@ class LazyLoaded:
     needs them (scoring, inspection, the fallback runner)."""
 
     def __init__(self, folder: Path, fmt: str | None, cache: Path | None, label: str | None = None):
-        from ..models.info import check_loadable, describe
-
         self.source, self.fmt, self.cache, self.label = Path(folder), fmt, cache, label
         self.info = describe(self.source, fmt)
         check_loadable(self.info, label or self.source.name)  # declared sizes vs the file, remote code
@@ -78,8 +84,6 @@ class LazyLoaded:
         self.tokenizer = None
         self.hf_folder: Path | None = None  # config.json + tokenizer, when they exist on disk
         if self.info.format == "gguf":
-            from ..models.loader import gguf_cache_folder, gguf_file
-
             if cache is not None:
                 target = gguf_cache_folder(gguf_file(self.source), cache)
                 if (target / "config.json").is_file():
@@ -87,8 +91,6 @@ class LazyLoaded:
         elif (self.source / "config.json").is_file():
             self.hf_folder = self.source
         if self.hf_folder is not None:
-            from ..models.loader import load_tokenizer
-
             self.tokenizer = load_tokenizer(self.hf_folder, self.label)
         else:  # a GGUF seen for the first time: the conversion gives tokenizer and config
             self._materialize()
@@ -113,8 +115,6 @@ class LazyLoaded:
 
 
 def _lazy(folder: Path, fmt: str | None, cache: Path | None, label: str | None = None):
-    from ..models.info import describe
-
     info = describe(folder, fmt)
     if info.kind != "decoder-only":  # encoders are small and always go through transformers
         return load_folder(folder, fmt, cache=cache, info=info, label=label)
@@ -164,8 +164,6 @@ class Model:
             raise OficinaError(f"{self.info.architecture} is an {self.info.kind} model; text "
                                f"generation needs a decoder-only model")
         if self._runner is None:
-            from .choose import choose_runner
-
             self._runner = choose_runner(self)
         return self._runner
 
@@ -262,8 +260,6 @@ class Model:
         """Guards (``options.guard``, oficina/safety) on the user's text, then on the answer as it
         streams: a blocked prompt generates nothing, a blocked answer stops; ``last_stats``'
         ``done_reason`` says which guard and why."""
-        from ..safety.stream import GuardedStream, check_input, done_reason
-
         text, verdict = check_input(text, opts.guard)
         self.last_verdicts = [verdict] if verdict.verdict != "allow" else []  # flags, redactions
         if verdict.blocked:

@@ -175,6 +175,7 @@ def _check_gguf_metadata(h, arch: str) -> None:
 
 
 def _describe_gguf(path: Path) -> ModelInfo:
+    # here, not at the top: loads numpy (gguf); `oficina list` describes no file
     from ..formats.gguf import read_header
 
     h = read_header(path)

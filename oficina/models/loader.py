@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from ..errors import FormatError
+from ..formats.digest import sha256_file
 from ..report import reporter
+from . import torch_quant
 from .info import ModelInfo, check_loadable, describe
 
 # kind -> the transformers Auto class that holds it
@@ -108,8 +110,6 @@ def load_torch(folder: Path, cls: str, dtype: torch.dtype | None = None, labels:
     classifier finds the last token by ``pad_id``. Errors are one ``FormatError`` line."""
     import transformers
 
-    from .torch_quant import is_packed, load_packed
-
     quiet_transformers()
     folder = Path(folder)
     label = label or folder.name
@@ -118,8 +118,8 @@ def load_torch(folder: Path, cls: str, dtype: torch.dtype | None = None, labels:
                       label2id={lab: i for i, lab in enumerate(labels)})
     try:
         with no_tqdm():
-            if not labels and "gguf_file" not in kwargs and is_packed(folder):
-                model = load_packed(folder, cls)
+            if not labels and "gguf_file" not in kwargs and torch_quant.is_packed(folder):
+                model = torch_quant.load_packed(folder, cls)  # via the module: a test spies on it
             else:
                 model = getattr(transformers, cls).from_pretrained(
                     str(folder), dtype=dtype or torch.float32, trust_remote_code=False, **kwargs)
@@ -153,8 +153,6 @@ def gguf_file(folder: Path) -> Path:
 def gguf_cache_folder(gguf: Path, cache: Path) -> Path:
     """Where the Hugging Face form (config, tokenizer, weights) of a GGUF file is cached; it is
     complete when it has a config.json."""
-    from ..formats.digest import sha256_file
-
     key = gguf.resolve().name.removeprefix("sha256-") if gguf.is_symlink() else sha256_file(gguf)[7:]
     return Path(cache) / f"gguf-{key[:32]}"
 

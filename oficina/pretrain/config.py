@@ -111,6 +111,7 @@ class PretrainConfig:
     samples: list[str] = field(default_factory=lambda: list(SAMPLES))  # prompts shown after training
 
     def __post_init__(self) -> None:
+        # here, not at the top: objectives.py loads torch, and the CLI reads this config's flags
         from .objectives import objective
 
         obj = objective(family(self.arch.family).objective)
@@ -131,7 +132,7 @@ class PretrainConfig:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, data: dict[str, Any], base_dir: Path | None = None) -> PretrainConfig:
-        from .objectives import objective
+        from .objectives import objective  # torch (see __post_init__)
 
         if not isinstance(data, dict):
             raise InvalidOptions("a pretraining config must be a mapping of settings")

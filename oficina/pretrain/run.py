@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import InvalidOptions, OficinaError
+from ..models.loader import device, no_tqdm
 from ..registry.registry import Entry, Registry
 from ..report import reporter
 from ..tuning import loop
@@ -33,6 +34,7 @@ from .corpus import (
 )
 from .families import Family, family
 from .objectives import Objective, objective
+from .samples import samples
 from .size import Size, build, estimate
 from .tokenizer import Special, load_tokenizer, special_ids, train_tokenizer
 
@@ -138,8 +140,6 @@ def _trained_tokenizer(corpus: Corpus, vocab_size: int, sentinels: int, val_spli
 
 
 def pretrain(plan: Plan, resume: bool = False) -> PretrainResult:
-    from ..models.loader import device
-
     cfg, obj, sp, tok = plan.config, plan.objective, plan.special, plan.tokenizer
     run = Session(plan.registry, plan.run_dir, "")
     rank, world = run.rank, run.world
@@ -185,7 +185,6 @@ def pretrain(plan: Plan, resume: bool = False) -> PretrainResult:
     out = PretrainResult(plan, model, result, plan.run_dir / "model", tokens, unigram, ppl_init)
     if rank == 0:
         save_model(model, tok, cfg.arch.context_length, out.folder)
-        from .samples import samples
 
         out.samples = samples(model, tok, plan.family.kind, cfg.samples, sp, cfg.arch.context_length, seed)
         out.metrics = _metrics(out)
@@ -242,8 +241,6 @@ def _producer(r: PretrainResult, fingerprint: str) -> dict[str, Any]:
 # -- saving and registering -------------------------------------------------------------------------
 def save_model(model: nn.Module, tok, context_length: int | None, folder: Path) -> Path:
     """The model and its tokenizer as a Hugging Face folder, written atomically."""
-    from ..models.loader import no_tqdm
-
     with atomic_folder(folder) as tmp, no_tqdm():
         getattr(model, "module", model).save_pretrained(str(tmp), safe_serialization=True)
         if context_length:

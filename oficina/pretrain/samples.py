@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..generation.engine import Engine
+from ..options import Options
 from .tokenizer import MASK, SENTINEL, Special
 
 
@@ -24,9 +26,6 @@ def samples(model: nn.Module, tok, kind: str, prompts: list[str], sp: Special, c
 
 
 def _continue(model, tok, prompt, sp, context_length, seed, num_predict) -> str:
-    from ..generation.engine import Engine
-    from ..options import Options
-
     # documents were separated by end-of-text in training, so it also starts one here
     ids = ([sp.eos] if sp.eos is not None else []) + list(tok(prompt, add_special_tokens=False)["input_ids"])
     engine = Engine(model, tok, [sp.eos] if sp.eos is not None else [], context_length)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidOptions, OficinaError
+from ..models.loader import quiet_transformers
 from ..registry.registry import Registry
 from ..report import reporter
+from ..tuning.session import open_base
 from .corpus import Corpus
 
 PAD, BOS, EOS, UNK, MASK = "<pad>", "<s>", "</s>", "<unk>", "<mask>"
@@ -107,9 +109,6 @@ def save(tok, out: Path) -> Path:
 
 def load_tokenizer(ref: str, registry=None):
     """A tokenizer from a folder (``tokenizer.json`` layout) or from a registry model."""
-    from ..models.loader import quiet_transformers
-    from ..tuning.session import open_base
-
     path = Path(ref).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         from transformers import AutoTokenizer

@@ -33,6 +33,7 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from ..errors import OficinaError
+from ..options import validate_mapping
 
 FIELDS = ("template", "variables", "description", "examples", "models", "parameters")
 CHECKS = ("contains", "not_contains", "equals", "regex", "max_chars", "min_chars")
@@ -170,7 +171,6 @@ def parse(text: str, where: str = "prompt.yaml") -> PromptSpec:
     params = data.get("parameters") or {}
     if not isinstance(params, dict):
         raise PromptError(f"{at('parameters')}: 'parameters' must be a mapping")
-    from ..options import validate_mapping
 
     try:
         params = validate_mapping(params)

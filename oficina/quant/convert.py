@@ -17,10 +17,26 @@ import tempfile
 from pathlib import Path
 
 from ..errors import OficinaError
-from ..models.torch_quant import KEY, QuantResult, TorchQuantConfig, is_packed
+from ..formats.gguf_export import export_gguf
+from ..formats.gguf_export import file_type as get_type
+from ..generation.session import Model
+from ..models.info import describe
+from ..models.loader import load_folder, load_tokenizer, no_tqdm
+from ..models.quant_linear import dequantize_model
+from ..models.torch_quant import (
+    KEY,
+    QuantResult,
+    TorchQuantConfig,
+    is_packed,
+    load_packed,
+    quantize,
+    save,
+)
+from ..options import Options
 from ..registry.manifest import Manifest
 from ..registry.names import parse_ref
 from ..registry.registry import Entry, Registry
+from ..registry.sources import resolve
 from ..report import reporter
 
 __all__ = ["export_entry", "float_folder", "gguf_manifest", "quantize_entry", "default_name"]
@@ -31,9 +47,6 @@ _FLOAT_FILE_TYPES = ("F32", "F16", "BF16", "ALL_F32")
 def float_folder(reg: Registry, manifest: Manifest, workdir: Path) -> Path:
     """A Hugging Face folder with float weights for ``manifest`` (written under ``workdir`` when
     one has to be made)."""
-    from ..models.info import describe
-    from ..models.loader import load_folder
-
     snap = reg.snapshot_for(manifest)
     if manifest.format == "gguf":
         info = describe(snap, "gguf")
@@ -47,9 +60,6 @@ def float_folder(reg: Registry, manifest: Manifest, workdir: Path) -> Path:
 
 
 def _unpack(snap: Path, out: Path) -> Path:
-    from ..models.quant_linear import dequantize_model
-    from ..models.torch_quant import load_packed
-
     model = load_packed(snap)
     reporter().warn(f"the source weights are already quantized ({model.config.oficina_quantization['to']}): "
                     f"quantizing them again adds to that error")
@@ -57,7 +67,6 @@ def _unpack(snap: Path, out: Path) -> Path:
     model.float()
     delattr(model.config, KEY)
     model.config.dtype = "float32"
-    from ..models.loader import load_tokenizer, no_tqdm
 
     with no_tqdm():
         model.save_pretrained(out)
@@ -75,12 +84,6 @@ def default_name(source: str, suffix: str) -> str:
 def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | None = None) -> tuple[Entry, QuantResult]:
     """Quantize registry model ``name`` in PyTorch and register the packed result (lineage:
     parent = the source version, producer = what was done)."""
-    from ..generation.session import Model
-    from ..models.loader import load_folder
-    from ..models.torch_quant import quantize, save
-    from ..options import Options
-    from ..registry.sources import resolve
-
     entry = resolve(name, reg)
     target = out or default_name(entry.name, cfg.to)
     with tempfile.TemporaryDirectory(dir=_tmp(reg)) as tmp:
@@ -99,8 +102,6 @@ def quantize_entry(reg: Registry, name: str, cfg: TorchQuantConfig, out: str | N
 
 def export_entry(reg: Registry, name: str, file_type: str, out_path: str | Path) -> Path:
     """Write registry model ``name`` as a GGUF file of ``file_type`` ("Q4_K_M", "f16", ...)."""
-    from ..registry.sources import resolve
-
     entry = resolve(name, reg)
     if entry.manifest.adapters:
         reporter().warn("the model's ADAPTER layers are not part of the GGUF file; merge them into "
@@ -118,9 +119,6 @@ def gguf_manifest(reg: Registry, manifest: Manifest, file_type: str) -> Manifest
 
 
 def _export(folder: Path, out: Path, file_type: str) -> Path:
-    from ..formats.gguf_export import export_gguf
-    from ..formats.gguf_export import file_type as get_type
-
     ft = get_type(file_type)
     if out.suffix.lower() != ".gguf":
         raise OficinaError(f"{out}: the output file should end in .gguf")

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import OficinaError
+from ..formats.ggml.mixes import get
 
 __all__ = ["decode_speed", "greedy", "missing", "open_model", "quantize_file", "reference_quantize"]
 
@@ -88,7 +89,6 @@ def quantize_file(src: str | Path, dst: str | Path, file_type: str, threads: int
     import gguf
 
     llama_cpp = _llama_cpp()
-    from ..formats.ggml.mixes import get
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(get(file_type).ftype)

@@ -35,7 +35,14 @@ from typing import Sequence
 
 import torch
 
+from ..evaluation.scoring import DEFAULT_WINDOW, rolling_windows
+from ..evaluation.tasks import builtin_path
+from ..formats.gguf_export import export_gguf, file_type, load_gguf_weights
+from ..generation.engine import Engine
+from ..models.torch_quant import TorchQuantConfig, quantize, save
+from ..options import Options
 from ..report import reporter
+from . import llamacpp
 
 __all__ = ["DEFAULT_GGUF", "DEFAULT_TORCH", "Report", "Row", "measure"]
 
@@ -169,9 +176,6 @@ def _compare(ref: list[torch.Tensor], ours: list[torch.Tensor], targets: list[li
 
 
 def _torch_speed(model, tokenizer, prompt: list[int]) -> float:
-    from ..generation.engine import Engine
-    from ..options import Options
-
     engine = Engine(model, tokenizer, eos_ids=[], context_length=None)
     opts = Options.from_mapping({"temperature": 0, "num_predict": SPEED_TOKENS["torch"]})
     best = 0.0
@@ -195,12 +199,6 @@ def measure(model, gguf_types: Sequence[str] = DEFAULT_GGUF, torch_types: Sequen
             name: str | None = None, reference: str | None = None, workdir: str | Path | None = None) -> Report:
     """Measure every type against ``model`` (an ``oficina.api.Model`` with float32 weights in an
     HF folder, ``model.loaded.folder``)."""
-    from ..evaluation.scoring import DEFAULT_WINDOW, rolling_windows
-    from ..evaluation.tasks import builtin_path
-    from ..formats.gguf_export import file_type
-    from ..models.torch_quant import TorchQuantConfig
-    from . import llamacpp
-
     for t in gguf_types:
         file_type(t)  # unknown names fail before anything runs
     for t in torch_types:
@@ -240,10 +238,6 @@ def measure(model, gguf_types: Sequence[str] = DEFAULT_GGUF, torch_types: Sequen
 
 def _measure_types(report, lm, tok, folder, gguf_types, torch_types, runner, ref, targets, prompt, speed,
                    why_no_llama, work) -> None:
-    from ..formats.gguf_export import export_gguf, file_type, load_gguf_weights
-    from ..models.torch_quant import TorchQuantConfig, quantize, save
-    from . import llamacpp
-
     ppl = report.rows[0].ppl
     n_weights = sum(p.numel() for p in lm.parameters())
     scratch = copy.deepcopy(lm)

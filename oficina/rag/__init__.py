@@ -15,8 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..generation.session import load
 from ..registry.registry import Registry
+from . import collection
 from .answer import IDK, THRESHOLD, Answer, Source, build_messages, check_citations
+from .answer import ask as do_ask
 from .collection import CollectionConfig, IngestReport, list_collections
 from .retrieve import Collection, Filters, Hit, Retrieval, retrieve
 
@@ -46,15 +49,11 @@ _open = open
 
 def create(name: str, embed: str = "minilm", chunk_tokens: int = 200, overlap: int = 40,
            index: str = "auto", registry: Registry | None = None):
-    from . import collection
-
     return collection.create(name, CollectionConfig(embed, chunk_tokens, overlap, index), registry)
 
 
 def ingest(name: str, paths: list[str | Path], prune: bool = False, registry: Registry | None = None,
            **kw) -> IngestReport:
-    from . import collection
-
     return collection.ingest(name, paths, prune=prune, registry=registry, **kw)
 
 
@@ -74,9 +73,5 @@ def ask(collection: str | Collection, question: str, model: Any = None, k: int =
     seconds."""
     col = collection if isinstance(collection, Collection) else Collection(collection, registry)
     if isinstance(model, str):
-        from ..generation.session import load
-
         model = load(model, registry=col.registry)
-    from .answer import ask as do_ask
-
     return do_ask(col, question, model, k, **kw)

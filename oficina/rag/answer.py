@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import OficinaError
 from . import guard
 from .retrieve import Collection, Filters, Hit, retrieve
 
@@ -137,8 +138,6 @@ def ask(collection: Collection, question: str, model=None, k: int = 4, hybrid: b
     ``on_text`` receives the answer as it streams. Options are sampling parameters
     (default temperature 0: an answer from documents should not be creative)."""
     if not question.strip():
-        from ..errors import OficinaError
-
         raise OficinaError("the question is empty")
     r = retrieve(collection, question, k, hybrid, rerank, filters)
     timings = dict(r.seconds)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import OficinaError
+from ..generation.session import load
 from ..models.pooling import PoolingSpec, pool, spec_for
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -85,6 +86,4 @@ class Encoder:
 
 
 def load_encoder(name: str, registry=None, dtype: str = "fp32", batch_size: int = 64) -> Encoder:
-    from ..generation.session import load
-
     return Encoder(load(name, registry=registry), dtype, batch_size)

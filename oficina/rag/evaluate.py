@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, OficinaError
+from ..generation.session import load
 from ..report import reporter
 from .answer import IDK, THRESHOLD, _is_idk, ask
 from .retrieve import Collection, Hit, retrieve
@@ -146,8 +147,6 @@ def run(setting: Setting, questions: list[Question], registry=None, models: dict
     if setting.model:
         models = models if models is not None else {}
         if setting.model not in models:
-            from ..generation.session import load
-
             models[setting.model] = load(setting.model, registry=col.registry)
         model = models[setting.model]
     all_chunks = col.chunks()

@@ -15,13 +15,13 @@ import functools
 import torch
 
 from ..errors import OficinaError
+from ..registry.registry import Registry
 
 
 @functools.lru_cache(maxsize=2)
 def _load(name: str, home: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..registry.registry import Registry
 
     reg = Registry(home)
     entry = reg.find(name)

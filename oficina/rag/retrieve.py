@@ -22,6 +22,7 @@ from ..registry.registry import Entry, Registry
 from . import index, store
 from .collection import CollectionConfig, display, find
 from .embed import Encoder, load_encoder
+from .rerank import rerank as do_rerank
 
 RRF_K = 60  # Cormack et al.: the constant that worked across TREC runs
 
@@ -231,8 +232,6 @@ def retrieve(col: Collection, question: str, k: int = 4, hybrid: bool = False,
     for h in hits:
         h.score, h.rank_score = cos.get(h.id, 0.0), by_id[h.id]
     if rerank:
-        from .rerank import rerank as do_rerank
-
         hits = do_rerank(rerank, question, hits, col.registry)
         seconds["rerank"] = time.perf_counter() - t2
     return Retrieval(hits[:k], seconds, hybrid, rerank)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFound, RegistryError
+from ..report import reporter
 from .manifest import Manifest
 from .names import Ref, parse_ref
 from .store import BlobStore
@@ -287,8 +288,6 @@ class Registry:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                from ..report import reporter
-
                 reporter().note("another oficina command is writing to the registry; unused files "
                                 "are reclaimed the next time")
                 return 0

@@ -23,6 +23,7 @@ import tomllib
 
 from ..errors import FormatError, ModelNotFound, OficinaError, SourceError
 from ..formats.digest import iter_file
+from ..models.info import describe
 from ..report import reporter
 from .manifest import FileRef, Manifest, safe_relpath
 from .names import parse_ref
@@ -217,8 +218,6 @@ def collect_files(path: Path, root: Path | None = None) -> tuple[str, list[tuple
     """The (format, [(relative path, file)]) a local model source is made of, after checking it
     looks like a model and that no file is a link out of it: everything that can be checked
     without copying is checked before anything is copied."""
-    from ..models.info import describe
-
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise FormatError(f"{path.name}: expected a .gguf file or a Hugging Face model folder")

@@ -21,6 +21,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from ..registry.registry import Registry
+from ..report import reporter
+from ..tuning import TuneConfig
+from .grounding import sentences
 from .guard import Guard, GuardError, Span, Verdict, register
 
 CONTENT_MODEL = "guard-content"
@@ -36,8 +40,6 @@ def data_path(name: str) -> Path:
 
 def content_recipe(out: str = CONTENT_MODEL):
     """The recipe ``guard-content`` is trained with (the same one ``oficina guard train`` runs)."""
-    from ..tuning import TuneConfig
-
     return TuneConfig(base="minilm", method="lora", task="classification",
                       data=str(data_path("content_train.jsonl")), out=out, epochs=12,
                       batch_size=16, learning_rate=1e-3, max_length=MAX_TOKENS, val_split=0.1,
@@ -49,6 +51,7 @@ def train_content(registry=None, out: str = CONTENT_MODEL, **overrides):
     """Train and register the content classifier; returns the tuning result."""
     import dataclasses
 
+    # here, not at the top: loads torch, and `oficina guard`'s flags come from this module
     from ..tuning import tune
 
     cfg = dataclasses.replace(content_recipe(out), **overrides)
@@ -57,8 +60,6 @@ def train_content(registry=None, out: str = CONTENT_MODEL, **overrides):
 
 def pieces(text: str) -> list[tuple[int, int]]:
     """(start, end) of consecutive pieces of whole sentences, each up to ~PIECE_CHARS."""
-    from .grounding import sentences
-
     out: list[tuple[int, int]] = []
     for a, b in sentences(text):
         if out and b - out[-1][0] <= PIECE_CHARS:
@@ -75,18 +76,16 @@ class Classifier(Guard):
     lookback = None
 
     def __init__(self, model_name: str, registry=None, train_if_missing: bool = False):
-        from ..registry.registry import Registry
-
         reg = registry or Registry()
         if reg.find(model_name) is None:
             if not train_if_missing:
                 raise GuardError(f"no classifier {model_name!r} in the registry")
-            from ..report import reporter
 
             reporter().note(f"training the content classifier {model_name!r} once (oficina guard train)")
             train_content(reg, model_name)
         import torch
 
+        # here, not at the top: loads torch (see train_content)
         from ..tuning import load_tuned
 
         tuned = load_tuned(model_name, reg, merge=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .grounding import sentences
 from .guard import Guard, GuardError, get_guard
 
 NEGATIVE = "benign"
@@ -105,8 +106,6 @@ def read(path: str | Path) -> list[dict]:
 
 
 def _sentence_pairs(guard: Guard, items: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
-    from .grounding import sentences
-
     pairs, errors = [], []
     for it in items:
         text = it["text"]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
+from ..registry.registry import Registry
 from ..report import reporter
 from .classifier import data_path
 from .guard import check
@@ -174,8 +175,6 @@ def redteam(model, guards: Sequence[str] = (), probes: Sequence[Probe] | None = 
             report.outcomes.append(Outcome(p, answer, reason, refused, success, why))
             bar.advance()
     if save and model.entry is not None:
-        from ..registry.registry import Registry
-
         reg = registry or Registry()
         reg.set_metrics(reg.get(model.entry.ref), report.metrics())
     return report

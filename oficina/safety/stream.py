@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..stats import Stats
-from .guard import Guard, Verdict, check, combine, get_guard
+from .guard import Guard, Verdict, check, combine, get_guard, redact
 
 
 def done_reason(v: Verdict) -> str:
@@ -65,8 +65,6 @@ class GuardedStream:
             if new and (not self.verdicts or self.verdicts[-1] != v):
                 self.verdicts.append(v)
             if v.verdict == "redact":
-                from .guard import redact
-
                 shifted = [dataclasses.replace(s, start=s.start - self.released, end=s.end - self.released)
                            for s in new]
                 piece = redact(piece, shifted)

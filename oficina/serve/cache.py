@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import OficinaError
 from ..options import Options, validate_mapping
+from ..registry.registry import default_home
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -166,15 +168,11 @@ class ResponseCache:
 
 
 def default_path(home: Path | str | None = None) -> Path:
-    from ..registry.registry import default_home
-
     return Path(home or default_home()) / "cache.db"
 
 
 def parse_size(text: str) -> int:
     """``256MB``, ``1GiB``, ``500k``, ``1048576`` -> bytes."""
-    from ..errors import OficinaError
-
     units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
              "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
     s = text.strip().lower().replace(" ", "")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OficinaError
+from ..registry.registry import default_home
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -371,6 +372,4 @@ RATED_CHOICES = tuple(_RATED)
 
 
 def default_path(home: Path | str | None = None) -> Path:
-    from ..registry.registry import default_home
-
     return Path(home or default_home()) / "logs.db"

@@ -23,6 +23,7 @@ from pathlib import Path
 import tomllib
 
 from ..errors import FormatError
+from ..registry.registry import default_home
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,6 @@ class PriceTable:
 
 
 def default_path() -> Path:
-    from ..registry.registry import default_home
-
     return default_home() / "prices.toml"
 
 

@@ -104,6 +104,7 @@ def export(entries: list[Entry], fmt: str, path: str | Path) -> Exported:
 
 
 def _read_back(fmt: str, path: Path) -> None:
+    # here, not at the top: align/pairs.py loads torch, and `oficina logs` imports this module
     if fmt == "pairs":
         from ..align.pairs import read
     else:

@@ -27,9 +27,14 @@ from typing import Any
 import torch
 
 from ..errors import OficinaError
+from ..formats.template import render_chat
 from ..generation.decoding import Decoding
+from ..inspect.embed import embed as embed_one
 from ..options import Options
+from ..prompts import PromptStore
+from ..safety.stream import GuardedStream, check_input, done_reason
 from .pool import Pool, Served
+from .remote import stream
 from .scheduler import Failed, Job, Piece
 from .sequence import Finished, Sequence
 from .structured import GrammarProcessor, Grammars
@@ -169,8 +174,6 @@ def prompt_ids(served: Served, req: GenerateRequest) -> list[int]:
 
 def _render(model, msgs: list[dict], req: GenerateRequest) -> list[int]:
     if req.template:
-        from ..formats.template import render_chat
-
         return model.encode(render_chat(req.template, msgs, model.tokenizer, tools=req.tools), special=False)
     return model.encode_chat(msgs, tools=req.tools)
 
@@ -344,8 +347,6 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
 async def _generate_remote(server: Server, served: Served, req: GenerateRequest, opts: Options,
                            t0: float) -> AsyncIterator[Delta | Result]:
     """A remote model's answer (``remote.py``): the upstream's stream as the same events."""
-    from .remote import stream
-
     pieces: list[str] = []
     async for kind, value in stream(served.model, req, opts):
         if kind == "text":
@@ -368,8 +369,6 @@ async def _generate_remote(server: Server, served: Served, req: GenerateRequest,
 def _library_prompt(server: Server, req: GenerateRequest) -> tuple[GenerateRequest, dict[str, Any]]:
     """Render the named prompt (``oficina/prompts``) as the user's text: the generate route's
     prompt, or the chat's last user turn. The version used is kept for the conversation log."""
-    from ..prompts import PromptStore
-
     home = server.pool.home
     try:
         stored = PromptStore(Path(home) if home else None).get(req.prompt_name)
@@ -389,8 +388,6 @@ def _library_prompt(server: Server, req: GenerateRequest) -> tuple[GenerateReque
 def _guard_input(req: GenerateRequest, opts: Options):
     """The request with the user's last text checked by ``opts.guard``: (request, None) with the
     text redacted where a guard redacts, or (request, verdict) when a guard blocks it."""
-    from ..safety.stream import check_input
-
     if req.messages:
         msgs = [dict(m) for m in req.messages]
         last = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
@@ -409,14 +406,11 @@ def _guard_input(req: GenerateRequest, opts: Options):
 def _output_guard(opts: Options):
     if not opts.guard:
         return None
-    from ..safety.stream import GuardedStream
 
     return GuardedStream(iter(()), opts.guard)
 
 
 def _guard_reason(verdict) -> str:
-    from ..safety.stream import done_reason
-
     return done_reason(verdict)
 
 
@@ -475,8 +469,6 @@ async def embed(server: Server, model: str, inputs: list[str], truncate: bool = 
 
 
 def _embed_sync(served: Served, inputs: list[str], truncate: bool, normalize: bool):
-    from ..inspect.embed import embed as embed_one
-
     model = served.model
     limit = model.info.context_length or 512
     out, count = [], 0

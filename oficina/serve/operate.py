@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from ..options import Options
 from . import cache as cache_mod
-from . import convlog
+from . import convlog, cost
 from .cost import PriceTable
 from .metrics import Metrics
 from .native import GenerateRequest, Record, Result
@@ -266,8 +266,6 @@ def _fallback(call) -> Metrics:
 
 # -- flags ----------------------------------------------------------------------------------------
 def from_args(args, home: Path | str | None = None) -> Operations:
-    from . import cost
-
     return Operations(home, cache=not args.no_cache, cache_bytes=cache_mod.parse_size(args.cache_size),
                       log=not args.no_log, retention_days=args.log_retention or None,
                       redact=convlog.parse_redact(args.log_redact), prices=cost.load(args.prices))

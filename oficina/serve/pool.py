@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OficinaError
+from ..generation.session import load
 from ..registry.registry import Registry
+from ..registry.sources import resolve
+from .remote import RemoteModel
 from .scheduler import Scheduler
 
 DEFAULT_KEEP_ALIVE = 300.0
@@ -139,11 +142,7 @@ class Pool:
             served.expires_at = None if ka is None else time.time() + ka
 
     def _load(self, entry) -> Served:
-        from ..generation.session import load
-
         if entry.manifest.format == "remote":
-            from .remote import RemoteModel
-
             return Served(entry.name, entry.digest, RemoteModel.from_entry(entry), 0, 0.0, None, remote=True)
         reg = self.registry()
         t0 = time.perf_counter()
@@ -197,8 +196,6 @@ class Pool:
 
 
 def _resolve(reg: Registry, name: str):
-    from ..registry.sources import resolve
-
     if not isinstance(name, str) or not name.strip():
         raise OficinaError("model is required")
     return resolve(name, reg, auto_pull=False)

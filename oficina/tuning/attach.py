@@ -18,6 +18,7 @@ from ..models.compat import cache_arg
 from ..models.loader import auto_class
 from ..report import reporter
 from .method import adapter_meta, get, method_of_adapter
+from .tasks import TASKS, for_model, load_model
 
 
 def folders(root: Path) -> list[Path]:
@@ -33,7 +34,6 @@ def task_of(folders_: list[Path]):
     peft's ``task_type``; (None, ()) when nothing says."""
     import json
 
-    from .tasks import TASKS
 
     for f in folders_:
         if (f / "adapter.gguf").exists():
@@ -116,8 +116,6 @@ def for_generation(model: nn.Module) -> nn.Module:
 def attach_loaded(loaded, root: Path):
     """``models.loader.Loaded`` with the adapters under ``root`` applied, ready for the engine
     (what ``oficina.load`` does for a manifest with adapters)."""
-    from .tasks import for_model, load_model
-
     found = folders(root)
     task, labels = task_of(found)
     task = task or for_model(loaded.info.kind)

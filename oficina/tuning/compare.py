@@ -37,6 +37,7 @@ class Row:
 
 
 def _row(cfg: TuneConfig, home: str | None, resume: bool = False) -> Row:
+    # here, not at the top: loads torch, and the CLI reads this module's flags
     from .run import tune
 
     r = tune(cfg, Registry(home) if home else None, resume=resume)

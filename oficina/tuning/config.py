@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptions
+from .method import get, load_all
 
 
 def digest(value: Any) -> str:
@@ -100,14 +101,10 @@ class TuneConfig:
     # -- derived ------------------------------------------------------------------------------
     def method_config(self):
         """The method's own typed config built from ``options`` (validated there)."""
-        from .method import get
-
         return coerce(get(self.method).config, self.options, where=f"{self.method} option")
 
     @property
     def lr(self) -> float:
-        from .method import get
-
         return self.learning_rate if self.learning_rate is not None else get(self.method).learning_rate
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,8 +125,6 @@ class TuneConfig:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, data: dict[str, Any], base_dir: Path | None = None) -> "TuneConfig":
-        from .method import load_all
-
         if not isinstance(data, dict):
             raise InvalidOptions("a tuning recipe must be a mapping of settings")
         data = dict(data)

@@ -13,6 +13,7 @@ from typing import ClassVar
 from ..errors import InvalidOptions
 from ..models.loader import no_tqdm
 from .method import Method, register
+from .tasks import load_model
 
 # the numbered blocks of transformers' models: model.layers.N (Llama), h.N (GPT-2),
 # encoder.layer.N (BERT), encoder.block.N / decoder.block.N (T5)
@@ -49,8 +50,6 @@ def save(model, folder: Path) -> None:
 
 
 def load(model, folder: Path, task):
-    from .tasks import load_model
-
     return load_model(task, folder)
 
 

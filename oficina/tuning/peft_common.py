@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..models.loader import no_tqdm
+from .method import META
 
 
 def task_type(task) -> Any:
@@ -28,8 +29,6 @@ def apply(model: nn.Module, peft_config) -> nn.Module:
 
 def save(model: nn.Module, folder: Path, meta: dict | None = None) -> None:
     """peft's layout, untouched; ``meta`` (ours, e.g. quantization) goes to ``oficina.json``."""
-    from .method import META
-
     folder = Path(folder)
     with no_tqdm():
         model.save_pretrained(str(folder), safe_serialization=True)

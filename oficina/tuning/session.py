@@ -29,7 +29,7 @@ from ..models.loader import auto_class, load_folder, load_tokenizer, no_tqdm
 from ..models.quant_linear import QuantLinear
 from ..registry.manifest import Manifest
 from ..registry.registry import Entry, Registry
-from ..registry.sources import collect_files
+from ..registry.sources import collect_files, resolve
 from . import attach, attention, data, dropout, frozen, loop, tasks
 from .config import TuneConfig, digest
 from .method import META, Method, adapter_meta
@@ -205,8 +205,6 @@ def _adapter_file(name: str) -> bool:
 
 # -- the base model ---------------------------------------------------------------------------------
 def open_base(ref: str, reg: Registry) -> Base:
-    from ..registry.sources import resolve  # catalogue pull on first use
-
     path = Path(ref).expanduser()
     if path.exists():
         fmt, _ = collect_files(path)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FormatError, InvalidOptions
+from ..formats.template import render_jinja
 from ..models.loader import AUTO_CLASSES, load_torch
 from .data import Dataset, Record
 
@@ -139,8 +140,6 @@ def render(messages: list[dict], tok, where: str) -> tuple[str, list[tuple[int, 
 
 
 def _apply(tok, msgs, generation_prompt: bool, where: str) -> str:
-    from ..formats.template import render_jinja
-
     try:
         # the same budgeted sandbox as `run` (formats/template.py): a model's template can hang
         if isinstance(tok.chat_template, str):

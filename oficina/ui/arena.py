@@ -15,6 +15,7 @@ from pathlib import Path
 from starlette.responses import Response
 
 from ..errors import OficinaError
+from ..registry.registry import default_home
 from .http import BadRequest, text
 
 SCHEMA = """
@@ -34,8 +35,6 @@ MAX_ANSWER = 100_000
 
 
 def _db(home: Path | None = None) -> sqlite3.Connection:
-    from ..registry.registry import default_home
-
     db = sqlite3.connect(Path(home or default_home()) / "arena.db", timeout=10, isolation_level=None)
     db.executescript(SCHEMA)
     return db

@@ -12,6 +12,10 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
+from .. import inspect
+from ..generation.session import load
+from ..registry.registry import Registry
+from ..registry.sources import resolve
 from .http import BadRequest, integer, text
 
 _loader: Callable[[str], Any] | None = None
@@ -29,9 +33,6 @@ def set_loader(load: Callable[[str], Any] | None) -> None:
 def _model(name: str):
     if _loader is not None:
         return _loader(name), threading.Lock()
-    from ..generation.session import load
-    from ..registry.registry import Registry
-    from ..registry.sources import resolve
 
     entry = resolve(name, Registry(), auto_pull=False)
     with _cache_lock:
@@ -56,15 +57,11 @@ def _run(data: dict, job: Callable[[Any], Any]):
 
 
 def tokenize(data: dict) -> dict:
-    from .. import inspect
-
     t = text(data)
     return _run(data, lambda m: inspect.tokenize(m, t).to_dict())
 
 
 def predict(data: dict) -> dict:
-    from .. import inspect
-
     t, top = text(data), integer(data, "top", 12)
     options = data.get("options") or {}
     if not isinstance(options, dict):
@@ -75,8 +72,6 @@ def predict(data: dict) -> dict:
 
 
 def attention(data: dict) -> dict:
-    from .. import inspect
-
     t, layer = text(data), integer(data, "layer", -1)
     head = data.get("head", "mean")
     if head != "mean" and not (isinstance(head, int) and not isinstance(head, bool)):
@@ -89,7 +84,6 @@ def similarity(data: dict) -> dict:
     cosine ``inspect.similarity`` takes, as a matrix."""
     import torch
 
-    from .. import inspect
 
     texts = data.get("texts")
     if not isinstance(texts, list) or not 2 <= len(texts) <= 12:
@@ -106,8 +100,6 @@ def similarity(data: dict) -> dict:
 
 
 def weights(data: dict) -> dict:
-    from .. import inspect
-
     tensor, bins, layer = data.get("tensor") or None, integer(data, "bins", 60), integer(data, "layer", None)
     if not 5 <= bins <= 400:
         raise BadRequest("'bins' must be between 5 and 400")

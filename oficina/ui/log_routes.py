@@ -11,6 +11,9 @@ from dataclasses import asdict
 from starlette.responses import Response
 
 from ..errors import OficinaError
+from ..serve.convlog import RATED_CHOICES
+from ..serve.export import chat_records, pair_records
+from ..serve.stats import by_day, by_model
 from .http import BadRequest, integer
 
 SCORES = ("fluency", "coherence", "factuality")
@@ -26,8 +29,6 @@ def _log(state):
 
 
 def _find(data: dict, log):
-    from ..serve.convlog import RATED_CHOICES
-
     rated = data.get("rated") or None
     if rated is not None and rated not in RATED_CHOICES:
         raise BadRequest(f"'rated' must be one of {', '.join(RATED_CHOICES)}")
@@ -69,8 +70,6 @@ def rate(data: dict, state) -> dict:
 def export(data: dict, state) -> Response:
     """JSONL that ``oficina tune`` (``format=chat``) or ``oficina dpo`` (``format=pairs``) reads,
     from the rated entries matching the filters; ``X-Oficina-Skipped`` says what was left out."""
-    from ..serve.export import chat_records, pair_records
-
     fmt = data.get("format", "chat")
     make = {"chat": chat_records, "pairs": pair_records}.get(fmt)
     if make is None:
@@ -86,7 +85,5 @@ def export(data: dict, state) -> Response:
 
 def stats(_: dict, state) -> dict:
     """What ``oficina stats`` prints, from the same log."""
-    from ..serve.stats import by_day, by_model
-
     found = _log(state).find(newest_first=False)
     return {"models": [asdict(s) for s in by_model(found)], "days": [asdict(d) for d in by_day(found)]}

@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..models.info import describe
+from ..options import Options
+from ..registry.names import parse_ref
+from ..registry.registry import Registry
+from ..registry.sources import resolve
+from ..tuning import checkpoint
 from .http import integer, text
 
 
 def _registry():
-    from ..registry.registry import Registry
-
     return Registry()  # one per call: a SQLite connection belongs to its thread
 
 
@@ -37,8 +41,6 @@ def models(_: dict) -> dict:
 def lineage(data: dict) -> dict:
     """Every version connected to ``name`` through parent links, across names: nodes (oldest
     first) and parent -> child edges."""
-    from ..registry.names import parse_ref
-
     reg = _registry()
     target = parse_ref(text(data, "name")).name
     reg.history(target)  # 404 when unknown
@@ -65,10 +67,6 @@ def lineage(data: dict) -> dict:
 
 def card(data: dict) -> dict:
     """What ``oficina show --json`` prints for a version."""
-    from ..models.info import describe
-    from ..options import Options
-    from ..registry.sources import resolve
-
     reg = _registry()
     entry = resolve(text(data, "name"), reg, auto_pull=False)
     d = describe(reg.snapshot(entry), entry.manifest.format).to_dict()
@@ -87,8 +85,6 @@ def rollback(data: dict) -> dict:
 def runs(_: dict) -> dict:
     """Runs under ``$OFICINA_HOME/runs`` with the loss history the training loop saves with each
     checkpoint (``checkpoints/step-*/state.json``), newest first."""
-    from ..tuning import checkpoint
-
     root = _registry().home / "runs"
     out = []
     for d in sorted((p for p in root.iterdir() if p.is_dir()) if root.is_dir() else (), key=_mtime, reverse=True):

@@ -20,7 +20,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from ..errors import OficinaError
+from ..inspect.predict import SAMPLING_PARAMS
 from ..options import PARAMS
+from ..prompts import PromptStore
 from . import STATIC, arena
 from . import inspect_routes as ins
 from . import log_routes as logs
@@ -50,8 +52,6 @@ async def static(request: Request) -> Response:
 
 
 def options_table(_: dict) -> dict:
-    from ..inspect.predict import SAMPLING_PARAMS
-
     kinds = {int: "int", float: "float", list: "list"}
     return {"sampling": list(SAMPLING_PARAMS), "options": [
         {"name": p.name, "type": kinds.get(p.type, "text"),
@@ -65,7 +65,6 @@ def prompts(_: dict) -> dict:
     """The prompt library (``oficina prompt``): each prompt's newest version, labels, variables."""
     from dataclasses import asdict
 
-    from ..prompts import PromptStore
 
     store, out = PromptStore(), []
     for name, version, _, labels in store.names():
@@ -78,8 +77,6 @@ def prompts(_: dict) -> dict:
 def render_prompt(data: dict) -> dict:
     """A library prompt rendered with its variables: the text the chat shows as the user's turn
     (the request then names the prompt, so the log records its version)."""
-    from ..prompts import PromptStore
-
     p = PromptStore().get(str(data.get("name") or ""))
     variables = data.get("variables") or {}
     if not isinstance(variables, dict):

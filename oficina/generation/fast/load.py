@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...formats.gguf import read_header
 from .config import FastConfig, Unsupported
 from .model import Decoder
 from .weights import FORMS, Dense, Embedding, Form, from_gguf, fuse, qk_perm
@@ -126,8 +127,6 @@ class _GGUFTensor:
 def from_gguf_file(cfg: FastConfig, path: Path, dtype: torch.dtype, slots: int, context: int) -> Decoder:
     """Straight from the GGUF file's tensors into packed forms (weights.py says which, per type).
     The header is validated first (formats.gguf), tensors are read through a memmap."""
-    from ...formats.gguf import read_header
-
     header = read_header(path)
     t = {x.name: _GGUFTensor(Path(path), x) for x in header.tensors}
 

@@ -23,7 +23,13 @@ from starlette.responses import (
 )
 
 from ... import __version__
+from ...create import create as do_create
+from ...create import to_modelfile
 from ...errors import ModelNotFound, OficinaError
+from ...modelfile import Modelfile, parse
+from ...options import Options
+from ...registry.sources import pull as do_pull
+from ...registry.sources import resolve
 from .. import native
 from ..native import NS, BadRequest, Delta, GenerateRequest, Result
 from . import field, unless_disconnected
@@ -214,10 +220,6 @@ async def show(call) -> Response:
     name = field(body, "model", str) or field(body, "name", str, "")
 
     def work():
-        from ...create import to_modelfile
-        from ...options import Options
-        from ...registry.sources import resolve
-
         reg = call.server.pool.registry()
         entry = resolve(name, reg, auto_pull=False)
         m = entry.manifest
@@ -264,8 +266,6 @@ async def pull(call) -> Response:
         raise BadRequest("pull over HTTP takes a catalogue name or hf://org/name, not a path on the server")
 
     def work():
-        from ...registry.sources import pull as do_pull
-
         return do_pull(call.server.pool.registry(), name)
 
     entry = await asyncio.to_thread(work)
@@ -281,9 +281,6 @@ async def create(call) -> Response:
     """A Modelfile as text (``modelfile``) or as fields (``from``, ``system``, ``template``,
     ``parameters``, ``messages``, ``license``). FROM must be a registry model: files on the
     server's disk are not reachable over HTTP."""
-    from ...modelfile import Modelfile, parse
-    from ...options import Options
-
     body = await call.json()
     name = field(body, "model", str) or field(body, "name", str, "")
     if not name:
@@ -306,8 +303,6 @@ async def create(call) -> Response:
         raise BadRequest("FROM and ADAPTER over HTTP must name registry models, not files on the server")
 
     def work():
-        from ...create import create as do_create
-
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "Modelfile"
             path.write_text(mf.to_text())

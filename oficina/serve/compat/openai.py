@@ -19,6 +19,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ...errors import OficinaError
+from ...registry.sources import resolve
 from .. import native
 from ..native import BadRequest, Delta, GenerateRequest, Result, forced_tool_schema
 from . import field, unless_disconnected
@@ -342,8 +343,6 @@ async def model(call) -> Response:
     name = call.request.path_params["model"]
 
     def work():
-        from ...registry.sources import resolve
-
         return resolve(name, call.server.pool.registry(), auto_pull=False)
 
     return JSONResponse(_model_obj(await asyncio.to_thread(work)))
