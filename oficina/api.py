@@ -13,7 +13,6 @@ module below the CLI imports this one.
 """
 
 from .generation.session import END_OF_TURN, Message, Model, load, resolve  # noqa: F401
-from .generation.session import _plain_transcript  # noqa: F401  (tuning.tasks, until it moves)
 from .prompts import PromptStore  # noqa: F401  (the prompt library)
 from .safety import check, get_guard  # noqa: F401  (guards)
 from .safety.redteam import redteam  # noqa: F401  (the red-team suite)
