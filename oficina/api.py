@@ -12,6 +12,7 @@ Re-exports only; the code lives in ``generation/session.py``, ``safety/`` and ``
 module below the CLI imports this one.
 """
 
+from .generation.result import Reply, Stream  # noqa: F401  (what generate/chat and stream return)
 from .generation.session import END_OF_TURN, Message, Model, load, resolve  # noqa: F401
 from .prompts import PromptStore  # noqa: F401  (the prompt library)
 from .safety import check, get_guard  # noqa: F401  (guards)
