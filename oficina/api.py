@@ -12,14 +12,8 @@ Re-exports only; the code lives in ``generation/session.py``, ``safety/`` and ``
 module below the CLI imports this one.
 """
 
-from .generation.session import (  # noqa: F401
-    END_OF_TURN,
-    Message,
-    Model,
-    _plain_transcript,  # noqa: F401  (tuning.tasks, until it moves)
-    load,
-    resolve,
-)
+from .generation.result import Reply, Stream  # noqa: F401  (what generate/chat and stream return)
+from .generation.session import END_OF_TURN, Message, Model, load, resolve  # noqa: F401
 from .prompts import PromptStore  # noqa: F401  (the prompt library)
 from .safety import check, get_guard  # noqa: F401  (guards)
 from .safety.redteam import redteam  # noqa: F401  (the red-team suite)

@@ -1,7 +1,9 @@
 """The one way library code talks to a person: progress bars, warnings and notes on stderr.
 
-Nothing below ``cli.py`` prints; it calls ``reporter()``. Tests and servers can install a quiet
-reporter or one that records messages.
+Nothing below ``cli.py`` prints; it calls ``reporter()``, which is per context (a
+``contextvars.ContextVar``): the CLI installs one for its command, the server one per request, a
+test a quiet one that records; code with none installed gets the process default. A reporter
+remembers its last ``keep`` messages, never more.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import contextlib
 import os
 import sys
 import warnings
+from collections import deque
+from contextvars import ContextVar
 from typing import Iterator
 
 from rich.console import Console
@@ -38,10 +42,14 @@ class Task:
 
 
 class Reporter:
-    def __init__(self, console: Console | None = None, quiet: bool = False):
+    def __init__(self, console: Console | None = None, quiet: bool = False, keep: int = 1000):
         self.console = console or Console(stderr=True, highlight=False)
         self.quiet = quiet
-        self.messages: list[tuple[str, str]] = []
+        self.messages: deque[tuple[str, str]] = deque(maxlen=keep)  # (kind, text), the last ``keep``
+
+    def child(self) -> "Reporter":
+        """A reporter of its own (for one request) that prints where this one prints."""
+        return Reporter(self.console, self.quiet, self.messages.maxlen or 1000)
 
     def warn(self, message: str) -> None:
         self.messages.append(("warning", message))
@@ -69,17 +77,40 @@ class Reporter:
             yield Task(p, p.add_task(description, total=total))
 
 
-_current = Reporter()
+_DEFAULT = Reporter()
+_current: ContextVar[Reporter | None] = ContextVar("oficina_reporter", default=None)
 
 
 def reporter() -> Reporter:
-    return _current
+    """This context's reporter (the process default where none was installed)."""
+    r = _current.get()
+    return _DEFAULT if r is None else r
 
 
 def set_reporter(r: Reporter) -> Reporter:
-    global _current
-    previous, _current = _current, r
+    """Install ``r`` for the current context (a thread, an asyncio task and the tasks it starts);
+    returns the one it replaces."""
+    previous = reporter()
+    _current.set(r)
     return previous
+
+
+@contextlib.contextmanager
+def command_scope() -> Iterator[Reporter]:
+    """The reporter of one CLI command: the one installed around it (a test's), else a new one
+    that prints where the default prints, so a long-lived process keeps no command's messages."""
+    with reporting(_current.get() or _DEFAULT.child()) as r:
+        yield r
+
+
+@contextlib.contextmanager
+def reporting(r: Reporter) -> Iterator[Reporter]:
+    """``r`` for the block, then the previous one again."""
+    token = _current.set(r)
+    try:
+        yield r
+    finally:
+        _current.reset(token)
 
 
 def is_interactive() -> bool:

@@ -40,29 +40,45 @@ def test_greedy_matches_argmax_of_a_full_forward(tiny):
     assert out.tokens == seq[len(ids):]
 
 
+def _without_eos(model, prompt: str, **options):
+    """Greedy generation with every end token's logit at -inf (a logits processor on the decode
+    loop), so that only ``num_predict`` or a ``stop`` can end it: (text, stats)."""
+    eos = sorted(model.engine.eos_ids)
+
+    def no_eos(logits):
+        logits = logits.clone()
+        logits[..., eos] = float("-inf")
+        return logits
+
+    ids = model.encode_chat([{"role": "user", "content": prompt}])
+    pieces, stats = [], None
+    for item in model.engine.stream(ids, Options(temperature=0, **options), processor=no_eos):
+        if isinstance(item, str):
+            pieces.append(item)
+        else:
+            stats = item
+    return "".join(pieces), stats
+
+
 def test_num_predict_and_done_reason(tiny):
-    tiny.generate("The cat", temperature=0, num_predict=5)
-    s = tiny.last_stats
-    assert s.eval_tokens <= 5
-    assert s.done_reason in ("length", "stop")
-    if s.done_reason == "length":
-        assert s.eval_tokens == 5
+    _, s = _without_eos(tiny, "The cat", num_predict=5)
+    assert (s.eval_tokens, s.done_reason) == (5, "length")
+    s = tiny.generate("The cat", temperature=0, num_predict=5).stats  # the model's own EOS on
+    assert s.eval_tokens <= 5 and s.done_reason in ("length", "stop")
 
 
 def test_stop_text_is_not_returned(tiny):
-    full = tiny.generate("The cat", temperature=0, num_predict=30)
-    if len(full) < 4:
-        pytest.skip("tiny model stopped too early to test stop text")
+    full, s = _without_eos(tiny, "The cat", num_predict=30)
+    assert s.eval_tokens == 30 and len(full) >= 4
     stop = full[2:4]
-    cut = tiny.generate("The cat", temperature=0, num_predict=30, stop=[stop])
+    cut, s = _without_eos(tiny, "The cat", num_predict=30, stop=[stop])
     assert cut == full[: full.index(stop)]
-    assert tiny.last_stats.done_reason == "stop"
+    assert s.done_reason == "stop"
 
 
 def test_long_prompt_is_cut_and_said(tiny, _quiet_reporter):
     prompt = "the cat sat on the sofa " * 40
-    tiny.generate(prompt, raw=True, temperature=0, num_predict=4, num_ctx=64)
-    s = tiny.last_stats
+    s = tiny.generate(prompt, raw=True, temperature=0, num_predict=4, num_ctx=64).stats
     assert s.truncated and "num_ctx" in s.truncated
     assert s.prompt_tokens < 64
     assert any("kept the first" in m for _, m in _quiet_reporter.messages)
@@ -77,8 +93,9 @@ def test_fit_prompt_keeps_bos_and_tail():
 
 
 def test_stream_pieces_join_to_the_decoded_tokens(tiny):
-    pieces = list(tiny.stream("Paris is", temperature=0, num_predict=16))
-    tokens = tiny.last_stats.tokens
+    story = tiny.stream("Paris is", temperature=0, num_predict=16)
+    pieces = list(story)
+    tokens = story.stats.tokens
     assert "".join(pieces) == tiny.tokenizer.decode(tokens, skip_special_tokens=True)
 
 

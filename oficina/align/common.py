@@ -82,9 +82,7 @@ def start(cfg: TuneConfig, op: str, task: tasks.Task, labels: tuple[str, ...],
 
 def context(base: Base, cfg: TuneConfig) -> tasks.Context:
     """How prompts are rendered: as ``oficina run`` renders them for this model."""
-    return tasks.Context(base.tokenizer, cfg.max_length, "answers", cfg.truncate,
-                         system=base.manifest.system if base.manifest else None,
-                         messages=tuple(base.manifest.messages) if base.manifest else ())
+    return tasks.Context.for_model(base.tokenizer, base.manifest, cfg.max_length, truncate=cfg.truncate)
 
 
 def train(run: Session, cfg: TuneConfig, settings: Any, batches, loss, evaluate, resume: bool,

@@ -105,8 +105,7 @@ def score(name: str, prompt: str, candidates: list[str], registry: Registry | No
     tuned = load_tuned(name, registry or Registry())
     if tuned.task.name != "classification" or tuned.labels != LABELS:
         raise OficinaError(f"{tuned.entry.ref} is not a reward model (oficina reward trains one)")
-    m = tuned.entry.manifest
-    ctx = Context(tuned.tokenizer, max_length=1 << 20, system=m.system, messages=tuple(m.messages))
+    ctx = Context.for_model(tuned.tokenizer, tuned.entry.manifest, max_length=1 << 20)
     pad = pad_id(tuned.tokenizer)
     device = next(tuned.model.parameters()).device
     out: list[float] = []

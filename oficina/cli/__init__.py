@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import OficinaError
-from ..report import quiet_libraries
+from ..report import command_scope, quiet_libraries
 
 # Listed first, in this order; any other command module is picked up after them.
 FIRST = ("run", "models")
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args) or 0
+        with command_scope():
+            return args.func(args) or 0
     except OficinaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -25,16 +25,17 @@ def run(args) -> int | None:
     if prompt is None:
         return _chat_loop(model, args)
     out = sys.stdout
-    for piece in model.stream(prompt, raw=args.raw, system=args.system):
+    answer = model.stream(prompt, raw=args.raw, system=args.system)
+    for piece in answer:
         out.write(piece)
         out.flush()
     out.write("\n")
     out.flush()
     if args.verbose:
-        _print_stats(model.last_stats, model)
-    elif model.last_stats and model.last_stats.done_reason.startswith("guard:"):
-        print(f"stopped by a guard: {model.last_stats.done_reason}", file=sys.stderr)
-    for v in getattr(model, "last_verdicts", ()):
+        _print_stats(answer.stats, model)
+    elif answer.stats and answer.stats.done_reason.startswith("guard:"):
+        print(f"stopped by a guard: {answer.stats.done_reason}", file=sys.stderr)
+    for v in answer.verdicts:
         if v.verdict in ("flag", "redact"):
             print(f"{v.guard}: {v.verdict} {v.category} ({len(v.spans)} span(s))", file=sys.stderr)
     return None
@@ -80,6 +81,7 @@ CHAT_HELP = """commands:
 
 def _chat_loop(model, args) -> int:
     history: list[dict[str, str]] = []
+    opts = model.options  # this loop's own: /set makes a new one, the model's stay as loaded
     if args.system:
         history.append({"role": "system", "content": args.system})
     print(f"chatting with {args.name}; /? for help, /bye to leave", file=sys.stderr)
@@ -104,7 +106,7 @@ def _chat_loop(model, args) -> int:
                     history = [m for m in history if m["role"] == "system"]
                     print("conversation cleared")
                 elif parts[:2] == ["/set", "parameter"] and len(parts) == 4:
-                    model.options = Options.from_pairs([(parts[2], parts[3])], base=model.options)
+                    opts = Options.from_pairs([(parts[2], parts[3])], base=opts)
                     print(f"set {parts[2]} to {parts[3]}")
                 elif parts[:2] == ["/set", "system"] and len(parts) >= 3:
                     value = text.split(maxsplit=2)[2]
@@ -112,7 +114,7 @@ def _chat_loop(model, args) -> int:
                     history.insert(0, {"role": "system", "content": value})
                     print("system message set")
                 elif parts[:2] == ["/show", "parameters"]:
-                    for k, v in model.options.to_dict().items():
+                    for k, v in opts.to_dict().items():
                         print(f"{k:<20} {v}")
                 else:
                     print(CHAT_HELP)
@@ -120,18 +122,17 @@ def _chat_loop(model, args) -> int:
                 print(f"error: {e}", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
-        reply = []
+        reply = model.chat_stream(history, **opts.to_dict())
         try:
-            for piece in model.chat_stream(history):
-                reply.append(piece)
+            for piece in reply:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except KeyboardInterrupt:
             pass
         print("\n")
-        history.append({"role": "assistant", "content": "".join(reply)})
+        history.append({"role": "assistant", "content": reply.text})
         if args.verbose:
-            _print_stats(model.last_stats, model)
+            _print_stats(reply.stats, model)
 
 
 def register(sub) -> None:

@@ -332,13 +332,17 @@ def render_jinja(template: str, messages: Sequence[dict], tokenizer, **variables
     return "".join(out)
 
 
-def render_chat(template: str, messages: Sequence[dict], tokenizer, tools: Sequence[dict] | None = None) -> str:
-    """The prompt text for ``messages``, ready for the assistant's next answer. ``tools``
-    (OpenAI-style function definitions) reach Jinja templates that use them, as in transformers."""
+def render_chat(template: str, messages: Sequence[dict], tokenizer, tools: Sequence[dict] | None = None,
+                generation_prompt: bool = True) -> str:
+    """The prompt text for ``messages``, ready for the assistant's next answer (without
+    ``generation_prompt``: the conversation as it stands, its last turn closed, as training
+    needs it). ``tools`` (OpenAI-style function definitions) reach Jinja templates that use them,
+    as in transformers. ``formats.prompt.build`` is the caller that adds the model's parts."""
     try:
         if is_go_template(template):
-            return _render_go(template, messages, tokenizer)
-        return render_jinja(template, messages, tokenizer, tools=list(tools) if tools else None)
+            return _render_go(template, messages, tokenizer, generation_prompt)
+        return render_jinja(template, messages, tokenizer, tools=list(tools) if tools else None,
+                            add_generation_prompt=generation_prompt)
     except FormatError:
         raise
     except RecursionError:
@@ -349,7 +353,7 @@ def render_chat(template: str, messages: Sequence[dict], tokenizer, tools: Seque
         raise FormatError(f"chat template failed to render: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
-def _render_go(template: str, messages: Sequence[dict], tokenizer) -> str:
+def _render_go(template: str, messages: Sequence[dict], tokenizer, generation_prompt: bool = True) -> str:
     jinja = go_to_jinja(template)
 
     def render(**variables) -> str:
@@ -358,7 +362,11 @@ def _render_go(template: str, messages: Sequence[dict], tokenizer) -> str:
     if "messages" in jinja:
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        return render(messages=list(messages), system=system, prompt=last_user, response="")
+        text = render(messages=list(messages), system=system, prompt=last_user, response="")
+        # Go templates have no add_generation_prompt: what one writes after every conversation
+        # (its text for no messages, e.g. `<|im_start|>assistant\n`) is the generation prompt
+        tail = "" if generation_prompt else render(messages=[], system="", prompt="", response="")
+        return text[:-len(tail)] if tail and text.endswith(tail) else text
     # Legacy Prompt/Response templates: Ollama renders one turn at a time and, for the last
     # turn, cuts the output where .Response would go.
     system = "".join(m["content"] for m in messages if m["role"] == "system")
@@ -371,7 +379,8 @@ def _render_go(template: str, messages: Sequence[dict], tokenizer) -> str:
         elif m["role"] == "assistant":
             turns.append((pending or "", m["content"]))
             pending = None
-    turns.append((pending or "", SENTINEL))
+    if generation_prompt or pending is not None:
+        turns.append((pending or "", SENTINEL))
     parts = []
     for i, (prompt, response) in enumerate(turns):
         text = render(messages=list(messages), system=system if i == 0 else "",

@@ -5,7 +5,9 @@ and RAG call it here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -13,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..errors import OficinaError
-from ..formats.template import render_chat
+from ..formats import prompt
 from ..models.info import ModelInfo, check_loadable, describe
 from ..models.loader import (
     Loaded,
@@ -30,6 +32,7 @@ from ..safety.stream import GuardedStream, check_input, done_reason
 from ..tuning.attach import attach_loaded
 from .choose import choose_runner
 from .engine import Engine, Stats
+from .result import Reply, Stream
 
 quiet_libraries()
 
@@ -131,8 +134,10 @@ class Model:
         self.system: str | None = m.system if m else None
         self.template: str | None = m.template if m else None
         self.messages: list[Message] = list(m.messages) if m else []
-        self.last_stats: Stats | None = None
-        self.last_verdicts: list = []  # guard verdicts of the last call that flagged or redacted
+        self._last = threading.local()  # each thread's last call, for ``last_stats``
+        self._lock = threading.RLock()  # building the runner once, the load time reported once
+        self._turn = threading.Lock()  # one generating thread at a time (_my_turn)
+        self._turn_owner: int | None = None
         self.load_seconds = 0.0      # reported once, with the first answer (Ollama's load_duration)
         self.cache = cache
         self.max_batch = max_batch   # sequence slots of the runner (the server asks for more)
@@ -163,16 +168,18 @@ class Model:
         if self.info.kind != "decoder-only":
             raise OficinaError(f"{self.info.architecture} is an {self.info.kind} model; text "
                                f"generation needs a decoder-only model")
-        if self._runner is None:
-            self._runner = choose_runner(self)
+        with self._lock:
+            if self._runner is None:
+                self._runner = choose_runner(self)
         return self._runner
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
-            runner = self.runner
-            self._engine = Engine(runner, self.tokenizer, self._eos_ids(), runner.context_length
-                                  or self.info.context_length)
+        with self._lock:
+            if self._engine is None:
+                runner = self.runner
+                self._engine = Engine(runner, self.tokenizer, self._eos_ids(), runner.context_length
+                                      or self.info.context_length)
         return self._engine
 
     def _eos_ids(self) -> list[int]:
@@ -201,18 +208,15 @@ class Model:
         return [c.to_dict() for c in (gen, m.config) if c is not None]
 
     # -- prompts --------------------------------------------------------------------------------
-    def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> list[int]:
-        """Token ids of a conversation rendered with the model's chat template (or the Modelfile
-        TEMPLATE), ready for the assistant's answer; ``tools`` go to templates that use them."""
-        msgs = list(messages)
-        if self.system and not any(m.get("role") == "system" for m in msgs):
-            msgs.insert(0, {"role": "system", "content": self.system})
-        msgs = self.messages + msgs if self.messages else msgs
-        template = self.chat_template
-        if not template:
-            return self.encode(_plain_transcript(msgs), special=True)
-        text = render_chat(template, msgs, self.tokenizer, tools=tools)
-        return self.encode(text, special=False)
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
+                    template: str | None = None) -> list[int]:
+        """Token ids of a conversation as the one prompt builder (``formats.prompt``) renders it
+        for this model (its SYSTEM, MESSAGE lines and TEMPLATE or chat template), ready for the
+        assistant's answer; ``tools`` go to templates that use them; ``template`` overrides the
+        model's (the server's per-request ``template``)."""
+        p = prompt.build(messages, self.tokenizer, template=template or self.template, system=self.system,
+                         preamble=self.messages, tools=tools)
+        return self.encode(p.text, special=not p.templated)
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
@@ -231,62 +235,105 @@ class Model:
         return 1 if ids and bos is not None and ids[0] == bos else 0
 
     # -- generation -----------------------------------------------------------------------------
+    # Each call returns its own result: ``stream``/``chat_stream`` a ``Stream`` (iterate it for
+    # the text; its ``stats`` and guard ``verdicts`` are set as it ends), ``generate``/``chat`` a
+    # ``Reply`` (a str with ``stats`` and ``verdicts``). Threads can share one Model: they take
+    # turns, and none sees another's stats.
     def stream(self, prompt: str, raw: bool = False, system: str | None = None,
-               **options: Any) -> Iterator[str]:
+               **options: Any) -> Stream:
         """Generate for one prompt, yielding text as it is decided. The chat template is applied
         unless ``raw`` (as in Ollama's /api/generate)."""
         opts = self.options.merged(options)
+        out = Stream(self._remember)
         if opts.guard:
-            return self._guarded(prompt, opts, lambda p: self._prompt_ids(p, raw, system))
-        ids = self._prompt_ids(prompt, raw, system)
-        return self._run(ids, opts)
+            return out.over(self._guarded(prompt, opts, lambda p: self._prompt_ids(p, raw, system), out))
+        return out.over(self._run(self._prompt_ids(prompt, raw, system), opts, out))
 
     def generate(self, prompt: str, raw: bool = False, system: str | None = None,
-                 **options: Any) -> str:
-        return "".join(self.stream(prompt, raw=raw, system=system, **options))
+                 **options: Any) -> Reply:
+        return self.stream(prompt, raw=raw, system=system, **options).reply()
 
-    def chat_stream(self, messages: Sequence[Message], **options: Any) -> Iterator[str]:
+    def chat_stream(self, messages: Sequence[Message], **options: Any) -> Stream:
         opts = self.options.merged(options)
         msgs = _check_messages(messages)
+        out = Stream(self._remember)
         if opts.guard and msgs and msgs[-1]["role"] == "user":
-            return self._guarded(msgs[-1]["content"], opts, lambda p: self.encode_chat(
-                msgs[:-1] + [{"role": "user", "content": p}]))
-        return self._run(self.encode_chat(msgs), opts)
+            return out.over(self._guarded(msgs[-1]["content"], opts, lambda p: self.encode_chat(
+                msgs[:-1] + [{"role": "user", "content": p}]), out))
+        return out.over(self._run(self.encode_chat(msgs), opts, out))
 
-    def chat(self, messages: Sequence[Message], **options: Any) -> str:
-        return "".join(self.chat_stream(messages, **options))
+    def chat(self, messages: Sequence[Message], **options: Any) -> Reply:
+        return self.chat_stream(messages, **options).reply()
 
-    def _guarded(self, text: str, opts: Options, to_ids) -> Iterator[str]:
+    @property
+    def last_stats(self) -> Stats | None:
+        """The Stats of this thread's last finished call (kept for older callers; a call's own
+        result carries them: ``reply.stats``, ``stream.stats``)."""
+        return getattr(self._last, "stats", None)
+
+    @property
+    def last_verdicts(self) -> list:
+        """This thread's last call's guard verdicts that flagged or redacted (``.verdicts``)."""
+        return getattr(self._last, "verdicts", [])
+
+    def _remember(self, stats: Stats, verdicts: list) -> None:
+        self._last.stats, self._last.verdicts = stats, verdicts
+
+    def _guarded(self, text: str, opts: Options, to_ids, out: Stream) -> Iterator[str]:
         """Guards (``options.guard``, oficina/safety) on the user's text, then on the answer as it
-        streams: a blocked prompt generates nothing, a blocked answer stops; ``last_stats``'
+        streams: a blocked prompt generates nothing, a blocked answer stops; the stats'
         ``done_reason`` says which guard and why."""
         text, verdict = check_input(text, opts.guard)
-        self.last_verdicts = [verdict] if verdict.verdict != "allow" else []  # flags, redactions
+        out.verdicts = [verdict] if verdict.verdict != "allow" else []  # flags, redactions
+        self._last.verdicts = out.verdicts
         if verdict.blocked:
-            self.last_stats = Stats(done_reason=done_reason(verdict))
+            out.finished(Stats(done_reason=done_reason(verdict)))
             return iter(())
         ids = to_ids(text)
 
         def wrap(items):
             stream = GuardedStream(items, opts.guard)
-            stream.verdicts = self.last_verdicts  # the answer's flags join the prompt's as they come
+            stream.verdicts = out.verdicts  # the answer's flags join the prompt's as they come
             return stream
-        return self._run(ids, opts, wrap)
+        return self._run(ids, opts, out, wrap)
 
-    def _run(self, ids: list[int], opts: Options, wrap=None) -> Iterator[str]:
+    def _run(self, ids: list[int], opts: Options, out: Stream, wrap=None) -> Iterator[str]:
         engine = self.engine
         if opts.num_thread > 0:
             torch.set_num_threads(opts.num_thread)
         engine.runner.num_batch = opts.num_batch
-        items = engine.stream(ids, opts, keep=self._keep(ids))
-        for item in wrap(items) if wrap else items:
-            if isinstance(item, Stats):
-                item.load_seconds, self.load_seconds = self.load_seconds, 0.0
-                self.last_stats = item
-                if item.truncated:
-                    reporter().warn(item.truncated)
-            else:
-                yield item
+        with self._my_turn():
+            items = engine.stream(ids, opts, keep=self._keep(ids))
+            for item in wrap(items) if wrap else items:
+                if isinstance(item, Stats):
+                    with self._lock:
+                        item.load_seconds, self.load_seconds = self.load_seconds, 0.0
+                    out.finished(item)
+                    if item.truncated:
+                        reporter().warn(item.truncated)
+                else:
+                    yield item
+
+    @contextlib.contextmanager
+    def _my_turn(self):
+        """Threads sharing this Model generate one at a time (the server batches requests through
+        its scheduler instead). A Lock, not an RLock, since a stream may be finished by another
+        thread than the one that began it; a thread that starts a second stream while its first
+        is open goes on, and the runner's slots decide, as without threads."""
+        if self._turn.acquire(blocking=False):
+            held = True
+        elif self._turn_owner == threading.get_ident():
+            held = False
+        else:
+            held = self._turn.acquire()
+        if held:
+            self._turn_owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            if held:
+                self._turn_owner = None
+                self._turn.release()
 
 
 def _check_messages(messages: Sequence[Message]) -> list[Message]:
@@ -297,9 +344,3 @@ def _check_messages(messages: Sequence[Message]) -> list[Message]:
             raise OficinaError(f"message {i}: expected {{'role': system|user|assistant, 'content': str}}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
-
-
-def _plain_transcript(messages: Sequence[Message]) -> str:
-    """For models without a chat template (base models): a plain transcript they can continue."""
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"

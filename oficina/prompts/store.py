@@ -13,11 +13,11 @@ import difflib
 import hashlib
 import json
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..registry.db import PerThread
 from ..registry.registry import default_home
 from .spec import PromptError, PromptSpec
 
@@ -86,19 +86,10 @@ class PromptStore:
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home) if home else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.home / "prompts.db", timeout=30, isolation_level=None)
-        self._db.executescript(SCHEMA)
+        self._db = PerThread(self.home / "prompts.db", SCHEMA)  # one connection per thread
 
     def _tx(self):
-        db = self._db
-
-        class Tx:
-            def __enter__(self):
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, kind, *_):
-                db.execute("COMMIT" if kind is None else "ROLLBACK")
-        return Tx()
+        return self._db.transaction()
 
     # -- writing --------------------------------------------------------------------------------
     def add(self, name: str, spec: PromptSpec, source: str = "") -> tuple[StoredPrompt, bool]:

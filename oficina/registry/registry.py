@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 
 from ..errors import ModelNotFound, RegistryError
 from ..report import reporter
+from .db import PerThread
 from .manifest import Manifest
 from .names import Ref, parse_ref
 from .store import BlobStore
@@ -86,8 +86,7 @@ class Registry:
         self.home = Path(home) if home else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(self.home, on_write=self._lease)
-        self._db = sqlite3.connect(self.home / "registry.db", timeout=30, isolation_level=None)
-        self._db.executescript(SCHEMA)
+        self._db = PerThread(self.home / "registry.db", SCHEMA)  # threads (a server's) share a Registry
         self._lock_fd: int | None = None  # held shared while this registry has uncommitted blobs
         self._writing = 0  # depth of writing() blocks
 
@@ -306,7 +305,11 @@ class Registry:
             os.close(fd)
 
     def _tx(self):
-        return _Transaction(self._db)
+        return self._db.transaction()
+
+    def close(self) -> None:
+        """Close the database connections (every thread's); the registry reopens on next use."""
+        self._db.close()
 
     # -- materialising ------------------------------------------------------------------------
     def snapshot(self, entry: Entry) -> Path:
@@ -356,16 +359,3 @@ def _size(p: Path) -> int:
         return p.lstat().st_size
     except OSError:
         return 0
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type, *_):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False

@@ -170,9 +170,9 @@ def redteam(model, guards: Sequence[str] = (), probes: Sequence[Probe] | None = 
                    [{"role": "user", "content": p.prompt}]
             answer = model.chat(msgs, **opts) if model.chat_template else \
                 model.generate(p.prompt, system=p.system, **opts)
-            reason = model.last_stats.done_reason if model.last_stats else ""
-            refused, success, why = judge(p, answer, reason, judge_guard)
-            report.outcomes.append(Outcome(p, answer, reason, refused, success, why))
+            reason = answer.stats.done_reason if answer.stats else ""
+            refused, success, why = judge(p, str(answer), reason, judge_guard)
+            report.outcomes.append(Outcome(p, str(answer), reason, refused, success, why))
             bar.advance()
     if save and model.entry is not None:
         reg = registry or Registry()

@@ -28,6 +28,7 @@ from ..errors import (
     OficinaError,
     RegistryError,
 )
+from ..report import reporter, set_reporter
 from ..ui import routes as ui_routes
 from .auth import PUBLIC, Denied, Key, Policy
 from .compat import ollama, openai
@@ -158,6 +159,7 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 def _endpoint(route: Route, server: Server, policy: Policy):
     async def endpoint(request: Request) -> Response:
+        set_reporter(reporter().child())  # this request's own: each request runs in its own task
         try:
             policy.check_host(request.headers.get("host"))
             client = request.client.host if request.client else "?"

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from ..errors import OficinaError
-from ..formats.template import render_chat
 from ..generation.decoding import Decoding
 from ..inspect.embed import embed as embed_one
 from ..options import Options
@@ -173,9 +172,8 @@ def prompt_ids(served: Served, req: GenerateRequest) -> list[int]:
 
 
 def _render(model, msgs: list[dict], req: GenerateRequest) -> list[int]:
-    if req.template:
-        return model.encode(render_chat(req.template, msgs, model.tokenizer, tools=req.tools), special=False)
-    return model.encode_chat(msgs, tools=req.tools)
+    # the one prompt builder (formats.prompt), with the request's template over the model's
+    return model.encode_chat(msgs, tools=req.tools, template=req.template)
 
 
 # -- tool calls ---------------------------------------------------------------------------------

@@ -66,10 +66,8 @@ def tune(cfg: TuneConfig, registry: Registry | None = None, resume: bool = False
     train_ds, eval_ds = run.read(cfg)
     base = run.open_base(cfg.base)
     task, labels = _task(cfg, base, train_ds)
-    ctx = tasks.Context(base.tokenizer, cfg.max_length, cfg.train_on, cfg.truncate,
-                        split_long=cfg.packing, labels=labels,
-                        system=base.manifest.system if base.manifest else None,
-                        messages=tuple(base.manifest.messages) if base.manifest else ())
+    ctx = tasks.Context.for_model(base.tokenizer, base.manifest, cfg.max_length, train_on=cfg.train_on,
+                                  truncate=cfg.truncate, split_long=cfg.packing, labels=labels)
     train_ex = tasks.encode(train_ds, task, ctx)
     eval_ex = tasks.encode(eval_ds, task, dataclasses.replace(ctx, split_long=True)) if eval_ds else []
 

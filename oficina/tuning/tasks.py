@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FormatError, InvalidOptions
-from ..formats.template import render_jinja
+from ..formats import prompt
 from ..models.loader import AUTO_CLASSES, load_torch
 from .data import Dataset, Record
 
@@ -41,6 +41,15 @@ class Context:
     labels: tuple[str, ...] = ()
     system: str | None = None  # the model's SYSTEM (Modelfile), added as ``oficina run`` adds it
     messages: tuple[dict, ...] = ()  # the model's MESSAGE lines, before every conversation
+    template: str | None = None  # the model's TEMPLATE (Go or Jinja); else the tokenizer's own
+
+    @classmethod
+    def for_model(cls, tokenizer, manifest, max_length: int, **kw) -> "Context":
+        """As ``oficina run`` prompts the model of ``manifest`` (None: a folder or file)."""
+        if manifest is not None:
+            kw = {"system": manifest.system, "messages": tuple(manifest.messages),
+                  "template": manifest.template, **kw}
+        return cls(tokenizer, max_length, **kw)
 
 
 @dataclass(frozen=True)
@@ -83,19 +92,17 @@ def encode_causal(rec: Record, shape: str, ctx: Context) -> list[Example]:
         ids, labels = _fit(ids, list(ids), rec.where, ctx)
         return [Example(ids, labels, rec.where)]
     messages = list(f["messages"] if shape == "chat" else _instruction_messages(f))
-    # the same additions as api.Model.encode_chat, so training sees what `oficina run` will send
-    if ctx.system and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": ctx.system})
-    messages = list(ctx.messages) + messages
-    text, spans, templated = render(messages, tok, rec.where)
-    enc = tok(text, add_special_tokens=not templated, return_offsets_mapping=True)
+    # the one prompt builder `oficina run` uses, so training sees what it will send
+    p = prompt.build(messages, tok, template=ctx.template, system=ctx.system, preamble=ctx.messages,
+                     train=True, where=rec.where)
+    enc = tok(p.text, add_special_tokens=not p.templated, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     if ctx.train_on == "all":
         labels = list(ids)
     else:
-        labels = [i if any(a <= s < b for a, b in spans) else IGNORE
+        labels = [i if any(a <= s < b for a, b in p.turns) else IGNORE
                   for i, (s, _) in zip(ids, enc["offset_mapping"])]
-    if not templated and messages[-1]["role"] == "assistant":
+    if not p.templated and messages[-1]["role"] == "assistant":
         ids, labels = ids + _eos(tok), labels + _eos(tok)
     ids, labels = _fit(ids, labels, rec.where, ctx)
     return [Example(ids, labels, rec.where)]
@@ -104,49 +111,6 @@ def encode_causal(rec: Record, shape: str, ctx: Context) -> list[Example]:
 def _instruction_messages(f: dict) -> list[dict[str, str]]:
     prompt = f["instruction"] + (f"\n\n{f['input']}" if f.get("input") else "")
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": f["output"]}]
-
-
-def render(messages: list[dict], tok, where: str) -> tuple[str, list[tuple[int, int]], bool]:
-    """The conversation as the model will see it at run time (its chat template, or the plain
-    transcript ``oficina run`` uses for models without one) and the character spans of the
-    assistant's answers. Returns (text, spans, templated)."""
-    from ..api import (
-        _plain_transcript,  # the one definition of the template-less prompt
-    )
-
-    template = getattr(tok, "chat_template", None)
-
-    def prompt(msgs):
-        if template:
-            return _apply(tok, msgs, True, where)
-        return _plain_transcript(msgs)
-
-    def full(msgs):
-        if template:
-            return _apply(tok, msgs, False, where)
-        return _plain_transcript(msgs[:-1]) + " " + msgs[-1]["content"]
-
-    text, spans = "", []
-    for k, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before, after = prompt(messages[:k]), full(messages[:k + 1])
-        if not after.startswith(before) or not before.startswith(text):
-            raise FormatError(f"{where}: the chat template does not render this conversation turn "
-                              f"by turn, so the answers cannot be located; set train_on: all")
-        spans.append((len(before), len(after)))
-        text = after
-    return text, spans, bool(template)
-
-
-def _apply(tok, msgs, generation_prompt: bool, where: str) -> str:
-    try:
-        # the same budgeted sandbox as `run` (formats/template.py): a model's template can hang
-        if isinstance(tok.chat_template, str):
-            return render_jinja(tok.chat_template, msgs, tok, add_generation_prompt=generation_prompt)
-        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
-    except Exception as e:  # template errors from an untrusted template: one line, with the record
-        raise FormatError(f"{where}: chat template failed: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
 def encode_classification(rec: Record, shape: str, ctx: Context) -> list[Example]:
