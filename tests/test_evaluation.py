@@ -25,6 +25,7 @@ from oficina.evaluation import (
 from oficina.evaluation.classification import macro_f1
 from oficina.evaluation.generation import Generation, corpus, normalize
 from oficina.evaluation.multiple_choice import STYLES, Item, fewshot
+from oficina.evaluation.scoring import shared_contexts
 from oficina.evaluation.tasks import builtin_path
 from oficina.options import Options
 from tiny import CORPUS, build, tokenizer
@@ -96,8 +97,11 @@ def _unbatched(lm, ctx, cont):
     return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_batched_scores_equal_the_unbatched_loop(models, family):
+@pytest.mark.parametrize("family,runner", [("llama", "fast"), ("gpt2", "transformers")])
+def test_runner_scores_equal_the_unbatched_loop(models, family, runner):
+    """Scoring goes through the model's runner (the fast decoder at fp32 for the Llama family,
+    transformers for GPT-2), in chunks and reusing shared contexts' KV, and gives the numbers of
+    the plain full-forward loop (what the batched transformers scorer gave before) within 1e-4."""
     model = models[family]
     rng = random.Random(0)
     tokens = lambda lo, hi: [rng.randrange(3, 250) for _ in range(rng.randrange(lo, hi))]
@@ -106,13 +110,17 @@ def test_batched_scores_equal_the_unbatched_loop(models, family):
         ctx = tokens(1, 30)
         reqs += [(ctx, tokens(1, 8)) for _ in range(rng.randrange(2, 5))]
     rng.shuffle(reqs)
-    scorer = Scorer(model, batch_tokens=200)  # several batches of mixed lengths, left padded
-    shared, single = scorer._plan(reqs)
-    assert len(shared) >= 6 and single
-    got = scorer(reqs)
-    for (ctx, cont), s in zip(reqs, got):
-        assert s.tokens == len(cont)
-        assert s.logprob == pytest.approx(_unbatched(model.torch_model, ctx, cont), rel=1e-4, abs=1e-4)
+    scorer = Scorer(model)
+    assert scorer.runner.capabilities.name == runner, scorer.runner.capabilities.note
+    assert sum(len(g) > 1 for g in shared_contexts(reqs)) >= 6
+    want = [_unbatched(model.torch_model, ctx, cont) for ctx, cont in reqs]
+    for num_batch in (512, 7):  # one pass, and chunks that split contexts and continuations
+        scorer.runner.num_batch = num_batch
+        got = scorer(reqs)
+        for (ctx, cont), s, w in zip(reqs, got, want):
+            assert s.tokens == len(cont)
+            assert s.logprob == pytest.approx(w, rel=1e-4, abs=1e-4)
+    scorer.runner.num_batch = 512
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +144,7 @@ def test_loglikelihoods_match_lm_evaluation_harness(models, hflm):
                              disable_tqdm=True)
     scorer = Scorer(models["llama"])
     reqs = [scorer.pair(c, x) for c, x in pairs]
-    assert len(scorer._plan(reqs)[0]) == 2  # two contexts shared by two continuations each
+    assert sum(len(g) == 2 for g in shared_contexts(reqs)) == 2  # two contexts, two continuations each
     ours = scorer(reqs)
     for (lp, greedy), s in zip(ref, ours):
         assert s.logprob == pytest.approx(lp, rel=1e-4, abs=1e-4)
@@ -425,6 +433,7 @@ def test_eval_command_errors_are_one_line(folders, capsys, home, tmp_path):
 @pytest.mark.slow
 def test_smollm2_perplexity_and_multiple_choice(smollm2):
     results = run_tasks(smollm2, "smollm2", parse_tasks("ppl,mc"), EvalConfig(limit=12))
+    assert smollm2.runner.capabilities.name == "fast", smollm2.runner.capabilities.note  # packed Q4_1
     ppl = results["ppl:builtin"]
     assert 3 < ppl.metrics["ppl"].value < 60  # a held-out English story for a 135M model
     tokens, nbytes = ppl.details["tokens"], ppl.details["bytes"]

@@ -123,7 +123,19 @@ def test_score_is_log_softmax_of_the_next_token(pair):
     with torch.no_grad():
         ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
     want = ref.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-    torch.testing.assert_close(fast.score(ids), want, atol=1e-4, rtol=0)
+    got = fast.score(ids)
+    torch.testing.assert_close(got.logprobs, want, atol=1e-4, rtol=0)
+    assert torch.equal(got.greedy, ref.argmax(-1) == torch.tensor(ids[1:]))
+    # a second continuation of the same context reuses its cache (chunks of 4 split both parts)
+    fast.num_batch = 4
+    try:
+        again = fast.score(ids[:20] + ids[25:], start=20)
+    finally:
+        fast.num_batch = 512
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids[:20] + ids[25:]])).logits[0, 19:-1], -1)
+    torch.testing.assert_close(again.logprobs, ref.gather(-1, torch.tensor(ids[25:])[:, None])[:, 0],
+                               atol=1e-4, rtol=0)
 
 
 # -- GGUF -> packed forms ------------------------------------------------------------------------

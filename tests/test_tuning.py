@@ -171,7 +171,13 @@ def test_merge_refuses_unmergeable(bases, datafiles, registry):
         run.merge("p", None, registry)
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt", "prefix", "adapter", "full"])
+# which runner serves a tuned model: adapters that merge (and full tuning) run on the fast
+# decoder, merged at load; prompt/prefix tuning's virtual tokens need transformers, and say so
+RUNNER = {"lora": "fast", "ia3": "fast", "full": "fast", "adapter": "transformers",
+          "prompt": "transformers", "prefix": "transformers"}
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "prompt", "prefix", "adapter", "full"])
 def test_oficina_run_uses_tuned_model(method, bases, datafiles, registry):
     """``oficina.load(TUNED)`` (what ``oficina run`` calls) gives the tuned model's next-token
     logits through the decode engine, including prompt/prefix tuning's virtual tokens."""
@@ -180,6 +186,12 @@ def test_oficina_run_uses_tuned_model(method, bases, datafiles, registry):
     r = run.tune(_cfg(bases["llama"], datafiles["causal"], method, epochs=1, out="r"), registry)
     trained = _trained_model(r).eval()
     m = oficina.load("r", registry=registry)
+    caps = m.runner.capabilities
+    assert caps.name == RUNNER[method], caps.note
+    if method in ("lora", "ia3"):
+        assert "adapters merged into the weights at load" in caps.note
+    elif method in ("prompt", "prefix"):
+        assert "prompt/prefix adapters run only in transformers" in caps.note
     ids = m.encode_chat([{"role": "user", "content": "Where does the cat sleep?"}])
     with torch.no_grad():
         want = trained(input_ids=torch.tensor([ids])).logits[0, -1].float()

@@ -128,7 +128,7 @@ class MultipleChoice(Kind):
         if cfg.mc_style not in STYLES:
             raise OficinaError(f"unknown multiple-choice style {cfg.mc_style!r}; styles: {', '.join(STYLES)}")
         style = STYLES[cfg.mc_style]
-        scorer = Scorer(model, cfg.window, cfg.batch_tokens)
+        scorer = Scorer(model, cfg.window)
         reqs, starts = requests(scorer, items, style, cfg)
         scored = scorer(reqs, f"{label} · mc · {len(items)} items")
         pred, pred_norm = choose(items, style, scored, starts)

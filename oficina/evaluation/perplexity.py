@@ -39,7 +39,7 @@ class Perplexity(Kind):
 
     def run(self, model, items: list[str], cfg: EvalConfig, label: str) -> TaskResult:
         t0 = time.perf_counter()
-        scorer = Scorer(model, cfg.window, cfg.batch_tokens)
+        scorer = Scorer(model, cfg.window)
         stride = min(cfg.stride or scorer.window, scorer.window)
         requests, owner = [], []
         for d, text in enumerate(items):

@@ -58,7 +58,7 @@ class Truthful(Kind):
 
     def run(self, model, items: list[Item], cfg: EvalConfig, label: str) -> TaskResult:
         t0 = time.perf_counter()
-        scorer = Scorer(model, cfg.window, cfg.batch_tokens)
+        scorer = Scorer(model, cfg.window)
         zero_shot = EvalConfig(shots=0, seed=cfg.seed)  # the primer plays the few-shot role
         reqs, starts = requests(scorer, items, STYLE, zero_shot, preamble=PRIMER)
         scored = scorer(reqs, f"{label} · truthful · {len(items)} items")

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from ..models.loader import gguf_file
-from ..models.torch_quant import is_packed
+from ..models.torch_quant import KEY
 from .fast import FastConfig, FastRunner, Unsupported, cpu_has_bf16
 from .fast.load import CACHE_VERSION, cached, from_gguf_file, from_state
+from .fast.quantized import unpack_state
 from .hf_runner import TransformersRunner
 
 
@@ -40,9 +41,11 @@ def fast_runner(model, eos) -> FastRunner:
             raise Unsupported("prompt/prefix adapters run only in transformers")
         cfg = FastConfig.from_hf(module.config)
         ctx = min(model.options.num_ctx, cfg.context_length)
-        state = module.state_dict()
-        dec = from_state(cfg, state, _dense_dtype(state, dtype), model.max_batch, ctx)
-        why = "fast runner: adapters merged into the weights at load"
+        state, dtype, how = _weights(module.state_dict(), getattr(module.config, KEY, None), dtype)
+        dec = from_state(cfg, state, dtype, model.max_batch, ctx)
+        adapters = getattr(getattr(model.entry, "manifest", None), "adapters", None)
+        why = ("fast runner: adapters merged into the weights at load" if adapters
+               else f"fast runner: {how} (read from the loaded transformers model)")
     else:
         if loaded.hf_folder is None:
             raise Unsupported("no config.json for this model")
@@ -59,13 +62,21 @@ def fast_runner(model, eos) -> FastRunner:
                          model.max_batch, ctx)
             why = f"fast runner: {loaded.info.file_type} GGUF weights kept packed"
         else:
-            if is_packed(loaded.source):
-                raise Unsupported("`oficina quantize` torch-packed folders are not read by the fast decoder yet")
-            state = _safetensors(loaded.source)
-            dtype = _dense_dtype(state, dtype)
+            meta = json.loads((loaded.hf_folder / "config.json").read_text()).get(KEY)
+            state, dtype, how = _weights(_safetensors(loaded.source), meta, dtype)
             dec = from_state(cfg, state, dtype, model.max_batch, ctx)
-            why = f"fast runner: {loaded.info.architecture} safetensors weights as {dtype}"
+            why = f"fast runner: {how}"
     return FastRunner(dec, eos, num_batch=model.options.num_batch, note=why)
+
+
+def _weights(state: dict, meta: dict | None, dtype: torch.dtype) -> tuple[dict, torch.dtype, str]:
+    """The state to build from, the dtype to run in and how the weights are held: an
+    ``oficina quantize`` int8/int4 folder's codes go into packed forms (``fast/quantized.py``),
+    float weights run dense."""
+    if meta and meta.get("to") in ("int8", "int4"):
+        return unpack_state(state, meta, dtype), dtype, f"`oficina quantize` {meta['to']} weights kept packed"
+    dtype = _dense_dtype(state, dtype)
+    return state, dtype, f"safetensors weights as {str(dtype).removeprefix('torch.')}"
 
 
 def _dense_dtype(state: dict, fast: torch.dtype) -> torch.dtype:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..models.compat import cache_of
-from .runner import Capabilities, Runner, SlotsFull
+from .runner import Capabilities, Runner, Scores, SlotsFull, target_logprobs
 
 
 class TransformersRunner(Runner):
@@ -77,7 +77,9 @@ class TransformersRunner(Runner):
         return len(self._ids[slot])
 
     # -- forward ------------------------------------------------------------------------------------
-    def _forward(self, slot: int, ids: Sequence[int]) -> Tensor:
+    def _forward(self, slot: int, ids: Sequence[int], keep: int = 1) -> Tensor:
+        """Append ``ids`` to the slot's cache; float32 logits ``[keep, V]`` of the last ``keep``
+        positions (``[V]`` for keep=1)."""
         cache = self._caches[slot]
         if cache is None:
             from transformers import DynamicCache
@@ -85,13 +87,13 @@ class TransformersRunner(Runner):
             cache = DynamicCache(config=self.model.config)
         kw = {self._cache_kw: cache, "use_cache": True}
         if self._keep:
-            kw["logits_to_keep"] = 1
+            kw["logits_to_keep"] = keep
         start = len(self._ids[slot])
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
         out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), position_ids=pos, **kw)
         self._caches[slot] = cache_of(out) or cache
         self._ids[slot].extend(int(i) for i in ids)
-        return out.logits[0, -1].float()
+        return out.logits[0, -1].float() if keep == 1 else out.logits[0, -keep:].float()
 
     @torch.inference_mode()
     def prefill(self, slot: int, ids: Sequence[int], start: int = 0) -> Tensor:
@@ -110,10 +112,27 @@ class TransformersRunner(Runner):
         return torch.stack([self._forward(s, [int(t)]) for s, t in zip(slots, tokens)])
 
     @torch.inference_mode()
-    def score(self, ids: Sequence[int], start: int = 1) -> Tensor:
-        x = torch.tensor([list(ids)], device=self.device)
-        logits = self.model(input_ids=x, use_cache=False).logits[0, start - 1:-1].float()
-        return torch.log_softmax(logits, -1).gather(-1, x[0, start:, None])[:, 0]
+    def score(self, ids: Sequence[int], start: int = 1) -> Scores:
+        """As the fast runner's: ``ids[:-1]`` in chunks through a free slot whose cached prefix
+        (at most ``ids[:start-1]``) is reused; logits only for the scored positions."""
+        ids = [int(i) for i in ids]
+        if not 1 <= start < len(ids):
+            raise ValueError(f"nothing to score: start {start} for {len(ids)} ids")
+        slot, n = self.acquire(ids[:start])
+        try:
+            lps, hits = [], []
+            for i in range(n, len(ids) - 1, self.num_batch):
+                chunk = ids[i:min(i + self.num_batch, len(ids) - 1)]
+                keep = i + len(chunk) - max(start - 1, i)   # scored positions in this chunk
+                logits = self._forward(slot, chunk, max(keep, 1))
+                if keep > 0:
+                    lp, hit = target_logprobs(logits.reshape(-1, logits.shape[-1])[-keep:],
+                                              ids[i + len(chunk) - keep + 1:i + len(chunk) + 1])
+                    lps.append(lp)
+                    hits.append(hit)
+            return Scores(torch.cat(lps), torch.cat(hits))
+        finally:
+            self.release(slot)
 
     @torch.inference_mode()
     def logits(self, ids: Sequence[int]) -> Tensor:

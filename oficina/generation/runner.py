@@ -29,8 +29,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
+import torch
 from torch import Tensor
 
 from ..errors import OficinaError
@@ -49,6 +50,13 @@ class Capabilities:
     adapters: tuple[str, ...] = ()   # adapter methods it can apply (merged at load or live)
     weights: str = ""                # how the weights are held, e.g. "Q4_1 as int4 groups of 32"
     note: str | None = None          # why this runner was chosen (e.g. the fallback's reason)
+
+
+class Scores(NamedTuple):
+    """What ``Runner.score`` returns for the scored positions ``t >= start``."""
+
+    logprobs: Tensor                 # [n] float32: log P(ids[t] | ids[:t])
+    greedy: Tensor                   # [n] bool: ids[t] was the argmax (lm-eval's ``is_greedy``)
 
 
 class Runner(ABC):
@@ -79,14 +87,26 @@ class Runner(ABC):
     def release(self, slot: int) -> None:
         """The sequence in ``slot`` is done; the slot is free (its cache may serve as a prefix)."""
 
+    @abstractmethod
     def length(self, slot: int) -> int:
         """Tokens the slot's cache holds now."""
-        raise NotImplementedError
 
     @abstractmethod
-    def score(self, ids: Sequence[int], start: int = 1) -> Tensor:
+    def score(self, ids: Sequence[int], start: int = 1) -> Scores:
         """Log-probabilities ``[len(ids) - start]`` of ``ids[t]`` given ``ids[:t]`` for each
-        ``t >= start``, in float32 (evaluation's log-likelihoods). Uses no slot."""
+        ``t >= start``, in float32, and whether each was the argmax (evaluation's
+        log-likelihoods). Runs in a free slot and leaves ``ids[:-1]`` cached there, so scoring
+        several continuations of one context in a row reuses the context's KV (prefix reuse, as
+        ``acquire``); raises ``SlotsFull`` when no slot is free."""
 
     def close(self) -> None:
         """Free the weights and caches (the server's keep_alive expiry)."""
+
+
+def target_logprobs(logits: Tensor, targets: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """log-softmax of ``logits [n, V]`` at ``targets``, and whether each target was the argmax
+    (the one reduction behind both runners' ``score``)."""
+    t = torch.tensor(list(targets), device=logits.device)[:, None]
+    logits = logits.float()
+    lp = logits.gather(-1, t)[:, 0] - torch.logsumexp(logits, -1)
+    return lp, logits.argmax(-1) == t[:, 0]

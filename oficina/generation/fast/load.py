@@ -81,7 +81,8 @@ def hf_to_gguf_names(state: dict[str, Tensor], cfg: FastConfig) -> dict[str, Ten
 
 def from_state(cfg: FastConfig, state: dict[str, Tensor], dtype: torch.dtype, slots: int,
                context: int) -> Decoder:
-    """From float tensors with Hugging Face names (a safetensors folder, a merged peft model)."""
+    """From tensors with Hugging Face names (a safetensors folder, a merged peft model); linear
+    weights may already be packed forms (an ``oficina quantize`` folder, ``quantized.py``)."""
     w = hf_to_gguf_names(state, cfg)
     plus = 1.0 if cfg.family.norm_plus_one else 0.0
 
@@ -91,7 +92,7 @@ def from_state(cfg: FastConfig, state: dict[str, Tensor], dtype: torch.dtype, sl
 
     layers = []
     for i in range(cfg.layers):
-        p: dict = {n: Dense(w[f"blk.{i}.{n}"].to(dtype)) for n in LINEARS}
+        p: dict = {n: _linear(w[f"blk.{i}.{n}"], dtype) for n in LINEARS}
         for n in NORMS:
             if (t := vec(f"blk.{i}.{n}")) is not None:
                 p[n] = t
@@ -99,12 +100,19 @@ def from_state(cfg: FastConfig, state: dict[str, Tensor], dtype: torch.dtype, sl
             if f"blk.{i}.{n}" in w:
                 p[n] = w[f"blk.{i}.{n}"].float()
         layers.append(fuse_layer(p))
+    if "token_embd" not in w and cfg.tied and "output" in w:  # a tied pair saved under one name
+        w["token_embd"] = w["output"]
     table = w["token_embd"]
     embed = Embedding(table.to(dtype) if dtype != torch.float32 else table.float())
     out = w.get("output", table if cfg.tied else None)
     if out is None:
         raise Unsupported("no output projection (lm_head) and the embeddings are not tied")
     return Decoder(cfg, embed, layers, vec("output_norm"), Dense(out.to(dtype)), dtype, slots, context)
+
+
+def _linear(w: Tensor | Form, dtype: torch.dtype) -> Form:
+    """A float weight as a dense form; one already packed (``quantized.py``) as it is."""
+    return w if isinstance(w, Form) else Dense(w.to(dtype))
 
 
 class _GGUFTensor:

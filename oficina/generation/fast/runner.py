@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from ..runner import Capabilities, Runner, SlotsFull
+from ..runner import Capabilities, Runner, Scores, SlotsFull, target_logprobs
 from .config import FAMILIES
 from .model import Decoder
 from .weights import Form
@@ -111,22 +111,31 @@ class FastRunner(Runner):
             self._ids[s].append(int(t))
         return out
 
-    def score(self, ids: Sequence[int], start: int = 1) -> Tensor:
-        """Run ``ids`` in chunks through a free slot (its cached ids are replaced by these) and
-        keep the logits of every position."""
-        slot, _ = self.acquire([])
+    def score(self, ids: Sequence[int], start: int = 1) -> Scores:
+        """``ids[:-1]`` through a free slot in chunks of ``num_batch``, reusing the cached prefix
+        (at most ``ids[:start-1]``: the position before the first scored id is always run, so
+        its logits exist); only chunks that hold scored positions compute logits, and each
+        chunk's are reduced to the targets' log-probabilities at once ([T, V] never piles up)."""
+        ids = [int(i) for i in ids]
+        if not 1 <= start < len(ids):
+            raise ValueError(f"nothing to score: start {start} for {len(ids)} ids")
+        if len(ids) - 1 > self.context_length:
+            raise ValueError(f"{len(ids) - 1} tokens do not fit the {self.context_length}-token cache")
+        slot, n = self.acquire(ids[:start])
         try:
-            self._ids[slot] = []
-            ids = [int(i) for i in ids]
-            rows = []
-            for i in range(0, len(ids), self.num_batch):
-                chunk = ids[i:i + self.num_batch]
-                rows.append(self.dec.forward(torch.tensor([chunk]), torch.tensor([slot]),
-                                             torch.tensor([i]), last_only=False)[0])
+            lps, hits = [], []
+            for i in range(n, len(ids) - 1, self.num_batch):
+                chunk = ids[i:min(i + self.num_batch, len(ids) - 1)]
+                want = i + len(chunk) > start - 1
+                out = self.dec.forward(torch.tensor([chunk]), torch.tensor([slot]), torch.tensor([i]),
+                                       last_only=False, logits=want)
                 self._ids[slot].extend(chunk)
-            logits = torch.cat(rows)[start - 1:-1]
-            target = torch.tensor(ids[start:])
-            return torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]
+                if want:
+                    first = max(start - 1 - i, 0)
+                    lp, hit = target_logprobs(out[0, first:], ids[i + first + 1:i + len(chunk) + 1])
+                    lps.append(lp)
+                    hits.append(hit)
+            return Scores(torch.cat(lps), torch.cat(hits))
         finally:
             self.release(slot)
 
