@@ -50,6 +50,7 @@ class Capabilities:
     adapters: tuple[str, ...] = ()   # adapter methods it can apply (merged at load or live)
     weights: str = ""                # how the weights are held, e.g. "Q4_1 as int4 groups of 32"
     note: str | None = None          # why this runner was chosen (e.g. the fallback's reason)
+    chunk: int = 64                  # prompt tokens per step the server prefills while others decode
 
 
 class Scores(NamedTuple):
@@ -77,6 +78,12 @@ class Runner(ABC):
     def prefill(self, slot: int, ids: Sequence[int], start: int = 0) -> Tensor:
         """Append ``ids[start:]`` to the slot's cache (which holds ``ids[:start]``) and return the
         float32 logits ``[V]`` after the last id. Long prompts run in chunks of ``num_batch``."""
+
+    def fill(self, slot: int, ids: Sequence[int], start: int) -> None:
+        """Append ``ids[start:]`` to the slot's cache without logits: a chunk of a prompt whose
+        end comes in a later call (the server's chunked prefill). Runners that can skip the
+        output layer override this."""
+        self.prefill(slot, ids, start)
 
     @abstractmethod
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> Tensor:

@@ -1,13 +1,18 @@
 """Continuous batching: one thread per loaded model drives its runner over every live request.
 
 Requests join and leave between decode steps (Orca, Yu et al. 2022, "iteration-level
-scheduling"; vLLM's scheduler without paging): each step the thread
+scheduling"), and prompts are prefilled in chunks interleaved with decoding (Sarathi-Serve,
+Agrawal et al. 2024; vLLM's chunked prefill), so a new prompt never stalls the streams already
+running for a whole prefill. Each step the thread
 
 1. drops requests whose client went away or whose deadline passed (their slot is free for the
    next step, so a disconnect never holds a slot longer than one step),
-2. admits waiting requests while the runner has free slots (acquire + prefill),
-3. samples one token for every live sequence, hands the text to its request, and
-4. runs one batched ``runner.decode`` for all sequences that go on.
+2. admits every waiting request that finds a free slot (cheap: a slot and its cached prefix),
+3. samples one token for every sequence that has logits and hands the text to its request,
+4. prefills the oldest admitted prompt by one chunk (``capabilities.chunk`` tokens) while
+   others decode, or whole when nothing decodes; a prompt whose last chunk is in gets its
+   first logits, and
+5. runs one batched ``runner.decode`` for all sequences that go on.
 
 Requests talk to the thread through a bounded queue (``submit`` raises ``Busy`` past it; the HTTP
 layer answers 503 + Retry-After) and get their pieces back on an ``asyncio.Queue`` through
@@ -82,6 +87,8 @@ class Scheduler:
         self.reuse_prefix = reuse_prefix
         self._waiting: collections.deque[Job] = collections.deque()
         self._live: dict[int, tuple[Job, Sequence]] = {}   # slot -> (job, its decoding state)
+        self._filled: dict[int, int] = {}   # slot -> prompt tokens cached so far, while prefilling (admission order)
+        self._reused: dict[int, int] = {}   # slot -> of those, how many came from a cached prefix
         self._cv = threading.Condition()
         self._stop = False
         self.steps = 0
@@ -153,7 +160,7 @@ class Scheduler:
         self._admit()
         slots, tokens = [], []
         for slot, (job, seq) in list(self._live.items()):
-            if seq.logits is None:          # admitted this step and failed before its first token
+            if seq.logits is None:          # still prefilling
                 continue
             result = seq.step()
             if result.text:
@@ -163,6 +170,7 @@ class Scheduler:
             else:
                 slots.append(slot)
                 tokens.append(result.token)
+        self._prefill(decoding=bool(slots))
         if slots:
             logits = self.runner.decode(slots, tokens)           # [B, V]
             for i, slot in enumerate(slots):
@@ -171,6 +179,7 @@ class Scheduler:
         self.last_used = time.monotonic()
 
     def _admit(self) -> None:
+        """Give every waiting request that finds a free slot its slot now; prefill comes after."""
         while True:
             with self._cv:
                 if not self._waiting or len(self._live) >= self.runner.capabilities.max_batch:
@@ -191,14 +200,36 @@ class Scheduler:
                 return
             job.started_at = time.monotonic()
             self._live[slot] = (job, seq)
-            reused = reused if self.reuse_prefix else 0
-            try:
-                seq.start(self.runner.prefill(slot, seq.prompt, reused), job, reused)
-            except Exception as e:
-                self._finish(slot, job, Failed(e))
+            self._filled[slot] = self._reused[slot] = reused if self.reuse_prefix else 0
+
+    def _prefill(self, decoding: bool) -> None:
+        """Prefill the oldest admitted prompt: one chunk of ``capabilities.chunk`` tokens while
+        sequences decode (a step then costs at most a decode and a chunk, so the streams'
+        inter-token time stays bounded), the whole prompt when none does (nothing to stall).
+        Chunks start at the prompt's own first uncached token, never where another prompt's
+        chunk ended, so the cache a prompt gets (and the greedy answer, since attention over
+        chunks of other lengths rounds differently) does not depend on what else is running."""
+        if not self._filled:
+            return
+        slot, done = next(iter(self._filled.items()))
+        job, seq = self._live[slot]
+        total = len(seq.prompt)
+        stop = min(total, done + self.runner.capabilities.chunk) if decoding else total
+        try:
+            if stop < total:
+                self.runner.fill(slot, seq.prompt[:stop], done)
+                self._filled[slot] = stop
+            else:
+                reused = self._reused.pop(slot)
+                del self._filled[slot]
+                seq.start(self.runner.prefill(slot, seq.prompt, done), job, reused)
+        except Exception as e:
+            self._finish(slot, job, Failed(e))
 
     def _finish(self, slot: int, job: Job, item: Finished | Failed | None) -> None:
         self._live.pop(slot, None)
+        self._filled.pop(slot, None)
+        self._reused.pop(slot, None)
         try:
             self.runner.release(slot)
         finally:
