@@ -5,17 +5,17 @@ bf16 forms the mean KL within 2e-3 (the bound of the GGUF packed test, tests/tes
 
 from __future__ import annotations
 
-import gguf_models
 import pytest
 import torch
 
+import gguf_models
 from oficina.generation.fast.config import FastConfig
 from oficina.generation.fast.load import from_state
 from oficina.generation.fast.quantized import unpack_state
 from oficina.generation.fast.runner import FastRunner, cpu_has_bf16
 from oficina.generation.fast.weights import Int4, Int8
 from oficina.generation.hf_runner import TransformersRunner
-from oficina.quant.torch_quant import KEY, TorchQuantConfig
+from oficina.models.torch_quant import KEY, TorchQuantConfig
 
 
 def _kl(ref: torch.Tensor, ours: torch.Tensor) -> float:
