@@ -110,9 +110,7 @@ def render(messages: list[dict], tok, where: str) -> tuple[str, list[tuple[int, 
     """The conversation as the model will see it at run time (its chat template, or the plain
     transcript ``oficina run`` uses for models without one) and the character spans of the
     assistant's answers. Returns (text, spans, templated)."""
-    from ..api import (
-        _plain_transcript,  # the one definition of the template-less prompt
-    )
+    from ..api import _plain_transcript  # the one definition of the template-less prompt
 
     template = getattr(tok, "chat_template", None)
 
