@@ -64,13 +64,7 @@ def worker_oficina(args) -> dict:
 def worker_peer(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     # the same Hugging Face folder oficina trains from (the GGUF converted once, fp32)
     tok = AutoTokenizer.from_pretrained(args.folder)

@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ModelfileError
+from .formats.untrusted import read_bytes
 
 MAX_BYTES = 16 * 1024 * 1024  # Modelfiles come from strangers; real ones are a few KiB
 
@@ -146,14 +147,7 @@ def parse(text: str) -> Modelfile:
 
 def parse_file(path: str | os.PathLike) -> Modelfile:
     """Read a Modelfile from disk: UTF-8, or UTF-16 with a byte-order mark (as Ollama does)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise _error(f"cannot read {os.fspath(path)}: {e.strerror or e}") from None
-    if len(data) > MAX_BYTES:
-        raise _error(f"{os.fspath(path)} is larger than {MAX_BYTES >> 20} MiB; not a Modelfile")
-    return parse(_decode(data))
+    return parse(_decode(read_bytes(os.fspath(path), MAX_BYTES, "Modelfile", _error)))
 
 
 def _read_value(text: str, start: int, end: int, nxt: int, line: int) -> tuple[str, int]:

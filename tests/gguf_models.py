@@ -21,14 +21,7 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world! How are y
 
 
 def byte_level_tokenizer():
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -47,14 +40,7 @@ def byte_level_tokenizer():
 
 def sentencepiece_tokenizer():
     """Gemma's kind: BPE over text with spaces spelled "▁", byte fallback, no pre-tokenizer."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]

@@ -12,16 +12,7 @@ import torch
 import oficina
 from oficina.cli import main
 from oficina.errors import FormatError, OficinaError
-from oficina.evaluation import (
-    KINDS,
-    EvalConfig,
-    Scorer,
-    evaluate,
-    parse_tasks,
-    rolling_windows,
-    run_tasks,
-    stats,
-)
+from oficina.evaluation import KINDS, EvalConfig, Scorer, evaluate, parse_tasks, rolling_windows, run_tasks, stats
 from oficina.evaluation.classification import macro_f1
 from oficina.evaluation.generation import Generation, corpus, normalize
 from oficina.evaluation.multiple_choice import STYLES, Item, fewshot

@@ -10,12 +10,7 @@ import torch
 import gguf_models
 import tiny
 from oficina.generation.fast.config import FastConfig
-from oficina.generation.fast.load import (
-    from_gguf_file,
-    from_state,
-    load_packed,
-    save_packed,
-)
+from oficina.generation.fast.load import from_gguf_file, from_state, load_packed, save_packed
 from oficina.generation.fast.runner import FastRunner
 from oficina.generation.hf_runner import TransformersRunner
 

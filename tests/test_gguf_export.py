@@ -257,9 +257,7 @@ def test_hparam_table_agrees_with_transformers(spec):
 
 
 def test_pre_tokenizer_regexes_agree_with_transformers():
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        GGUF_PRE_TOKENIZER_SPLITS,
-    )
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
     from oficina.formats.gguf_tokenizer import BPE_PRE
 

@@ -204,10 +204,7 @@ def browser(ui_home, shots):
 
 
 def wait(driver, condition, timeout=30, what="condition"):
-    from selenium.common.exceptions import (
-        NoSuchElementException,
-        StaleElementReferenceException,
-    )
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -87,13 +87,7 @@ def _decoder_configs(vocab: int) -> dict:
     """Tiny random configs of each family the fast decoder supports (generation/fast/config.py),
     each using the family's distinctive parts: GQA, biases, q/k norms, tied embeddings, sandwich
     norms, sliding-window layers with their own rope base, llama3 rope scaling."""
-    from transformers import (
-        Gemma3TextConfig,
-        LlamaConfig,
-        MistralConfig,
-        Qwen2Config,
-        Qwen3Config,
-    )
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

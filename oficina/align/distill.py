@@ -36,15 +36,7 @@ from ..report import reporter
 from ..tuning import loop, tasks
 from ..tuning.batches import Batches
 from ..tuning.config import TuneConfig
-from ..tuning.session import (
-    Base,
-    Session,
-    data_lineage,
-    eval_lineage,
-    fingerprint,
-    loop_metrics,
-    pad_id,
-)
+from ..tuning.session import Base, Session, data_lineage, eval_lineage, fingerprint, loop_metrics, pad_id
 from ..tuning.tasks import IGNORE, unwrap
 from .common import evaluate_now
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import time
+from typing import Any, Callable, Sequence
 
 from ..options import PARAMS, validate_mapping
-from ..registry.registry import Registry
+from ..registry.registry import Entry, Registry
 
 
 def console():
@@ -20,6 +21,28 @@ def console():
 
 def registry():
     return Registry()
+
+
+def when(t: float, seconds: bool = True) -> str:
+    """A timestamp as the CLI prints it (local time)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def print_history(versions: Sequence[Entry], head: int, extra: dict[str, Callable[[Entry], str]]) -> None:
+    """The versions of a registry item (``oficina history``, ``oficina rag history``): the
+    current one starred, its id, parent, what made it and when, then the ``extra`` columns."""
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False)
+    for col in ("", "VERSION", "ID", "PARENT", "MADE BY", "CREATED", *extra):
+        t.add_column(col)
+    for e in versions:
+        made = e.producer.get("op", "?")
+        if e.producer.get("source"):
+            made += f" {e.producer['source']}"
+        t.add_row("*" if e.version == head else "", str(e.version), e.digest[7:19], e.parent or "-", made,
+                  when(e.created), *(column(e) for column in extra.values()))
+    console().print(t)
 
 
 def literal(text: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from ..create import create as do_create
@@ -13,7 +12,7 @@ from ..models.info import describe
 from ..options import Options
 from ..registry.sources import pull as do_pull
 from ..tuning.method import method_of_adapter
-from .common import console, count, human, registry, short
+from .common import console, count, human, print_history, registry, short, when
 
 
 def pull(args) -> None:
@@ -36,7 +35,7 @@ def list_(args) -> None:
         d = e.manifest.details
         t.add_row(e.name, str(e.version), e.digest[7:19], human(e.manifest.size),
                   count(d.get("parameters")), str(d.get("quantization", "-")),
-                  time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)))
+                  when(e.created, seconds=False))
     console().print(t)
 
 
@@ -53,26 +52,14 @@ def rm(args) -> None:
 
 
 def history(args) -> None:
-    from rich.table import Table
-
     versions, head = registry().history(args.name)
     if args.json:
         print(json.dumps([{"version": e.version, "current": e.version == head, "digest": e.digest,
                            "parent": e.parent, "created": e.created, "producer": e.producer,
                            "metrics": e.metrics} for e in versions], indent=2))
         return
-    t = Table(box=None, pad_edge=False)
-    for col in ("", "VERSION", "ID", "PARENT", "MADE BY", "CREATED", "METRICS"):
-        t.add_column(col)
-    for e in versions:
-        made = e.producer.get("op", "?")
-        if e.producer.get("source"):
-            made += f" {e.producer['source']}"
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in e.metrics.items())
-        t.add_row("*" if e.version == head else "", str(e.version), e.digest[7:19], e.parent or "-",
-                  made, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created)), metrics or "-")
-    console().print(t)
+    print_history(versions, head, {"METRICS": lambda e: ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.metrics.items()) or "-"})
 
 
 def rollback(args) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 
 from ..errors import OficinaError
+from .common import when
 
 
 def parse_vars(pairs) -> dict[str, str]:
@@ -25,10 +25,6 @@ def _store():
     return PromptStore()
 
 
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
 def add(args) -> None:
     # here, not at the top: loads jinja2/yaml (`oficina --help` stays light)
     from ..prompts import read
@@ -45,7 +41,7 @@ def list_(args) -> None:
     print(f"{'NAME':<24} {'VERSION':<8} {'LABELS':<32} MODIFIED")
     for n, v, t, lab in rows:
         labels = ", ".join(f"{k}→{x}" for k, x in sorted(lab.items())) or "-"
-        print(f"{n:<24} {v:<8} {labels:<32} {_when(t)}")
+        print(f"{n:<24} {v:<8} {labels:<32} {when(t)}")
 
 
 def show(args) -> None:
@@ -53,7 +49,7 @@ def show(args) -> None:
     if args.json:
         print(json.dumps({"ref": p.ref, "digest": p.digest, **p.spec.to_dict()}, ensure_ascii=False, indent=2))
         return
-    print(f"# {p.ref} ({p.digest[7:19]}, {_when(p.created)})")
+    print(f"# {p.ref} ({p.digest[7:19]}, {when(p.created)})")
     print(p.spec.to_yaml(), end="")
 
 
@@ -61,15 +57,15 @@ def history(args) -> None:
     versions, moves, tests = _store().history(args.name)
     print(f"{'VERSION':<8} {'ID':<13} {'CREATED':<20} SOURCE")
     for p in versions:
-        print(f"{p.version:<8} {p.digest[7:19]:<13} {_when(p.created):<20} {p.source or '-'}")
+        print(f"{p.version:<8} {p.digest[7:19]:<13} {when(p.created):<20} {p.source or '-'}")
     if moves:
         print("\nlabel moves")
         for label, to, frm, at in moves:
-            print(f"  {_when(at)}  {label}: {frm if frm is not None else '-'} → {to}")
+            print(f"  {when(at)}  {label}: {frm if frm is not None else '-'} → {to}")
     if tests:
         print("\ntests")
         for v, model, passed, total, score, at in tests:
-            print(f"  {_when(at)}  version {v} on {model}: {passed}/{total} passed, score {score:.2f}")
+            print(f"  {when(at)}  version {v} on {model}: {passed}/{total} passed, score {score:.2f}")
 
 
 def diff(args) -> None:

@@ -10,7 +10,10 @@ import time
 from ..errors import OficinaError
 from ..formats.atomic import atomic_write
 from ..formats.documents import DocumentError, read_document
-from .common import console, human, option_flags, options_from, registry
+from .common import console, human, option_flags, options_from, print_history, registry, when
+
+# oficina.rag loads torch, FAISS and numpy: every command below imports it inside its function
+# (`oficina --help` and `list` stay light; tests/test_first_run.py)
 
 
 def _rel(path: str) -> str:
@@ -22,7 +25,6 @@ def _rel(path: str) -> str:
 
 
 def create(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     cfg = collection.CollectionConfig(args.embed, args.chunk_tokens, args.overlap, args.index)
@@ -33,7 +35,6 @@ def create(args) -> None:
 
 
 def ingest(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     t = time.perf_counter()
@@ -59,7 +60,6 @@ def ingest(args) -> None:
 def list_(args) -> None:
     from rich.table import Table
 
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.collection import display, list_collections
 
     entries = list_collections(registry())
@@ -74,14 +74,13 @@ def list_(args) -> None:
         d = e.manifest.details
         t.add_row(display(e.name), str(e.version), str(d.get("documents")), str(d.get("chunks")),
                   str(d.get("index")), str(d.get("embed")), human(e.manifest.size),
-                  time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created)))
+                  when(e.created, seconds=False))
     console().print(t)
 
 
 def show(args) -> None:
     from rich.table import Table
 
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.retrieve import Collection
 
     col = Collection(args.name, registry(), args.version)
@@ -116,7 +115,6 @@ def show(args) -> None:
 
 
 def rm(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     for name in args.names:
@@ -125,20 +123,16 @@ def rm(args) -> None:
 
 
 def history(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     versions, head = collection.history(args.name, registry())
-    for e in versions:
-        d = e.manifest.details
-        print(f"{'*' if e.version == head else ' '} {e.version}  {e.digest[7:19]}  "
-              f"{e.producer.get('op', '?'):<12} parent {e.parent or '-':<22} {d.get('documents')} docs, "
-              f"{d.get('chunks')} chunks, {d.get('index')}  "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.created))}")
+    print_history(versions, head, {
+        "DOCS": lambda e: str(e.manifest.details.get("documents")),
+        "CHUNKS": lambda e: str(e.manifest.details.get("chunks")),
+        "INDEX": lambda e: str(e.manifest.details.get("index"))})
 
 
 def rollback(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     e = collection.rollback(args.name, args.to, registry())
@@ -146,7 +140,6 @@ def rollback(args) -> None:
 
 
 def reindex(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag import collection
 
     e = collection.reindex(args.name, args.kind, registry())
@@ -155,14 +148,12 @@ def reindex(args) -> None:
 
 
 def _filters(args):
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.retrieve import Filters
 
     return Filters(args.source, args.tag, args.kind)
 
 
 def search(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.retrieve import Collection, retrieve
 
     col = Collection(args.name, registry())
@@ -176,7 +167,6 @@ def search(args) -> None:
 
 
 def ask(args) -> None:
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from .. import api
     from ..rag.answer import ask as do_ask
     from ..rag.retrieve import Collection
@@ -225,7 +215,6 @@ def ask(args) -> None:
 def eval_(args) -> None:
     from rich.table import Table
 
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.evaluate import Setting, compare, read_questions
 
     questions = read_questions(args.questions)
@@ -268,7 +257,6 @@ def embed_files(args) -> None:
     """``oficina embed NAME --file F...``: one vector per file (or per line with --lines), JSONL."""
     from pathlib import Path
 
-    # here, not at the top: loads torch (`oficina --help` stays light)
     from ..rag.embed import load_encoder
 
     enc = load_encoder(args.name, registry(), args.dtype)

@@ -26,16 +26,7 @@ from typing import Callable
 from ..errors import OficinaError
 from .scoring import Scorer
 from .stats import mean, mean_stderr
-from .tasks import (
-    EvalConfig,
-    Kind,
-    Metric,
-    TaskResult,
-    need_choices,
-    need_str,
-    read_jsonl,
-    register,
-)
+from .tasks import EvalConfig, Kind, Metric, TaskResult, need_choices, need_str, read_jsonl, register
 
 FEWSHOT_DELIMITER = "\n\n"
 TARGET_DELIMITER = " "

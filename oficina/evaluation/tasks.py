@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 
 from ..errors import FormatError, OficinaError
 from ..formats import records
+from ..formats.untrusted import decode
 
 BUILTIN = "builtin"
 
@@ -172,7 +173,7 @@ class At:
 def read_jsonl(path: Path, check: Callable[[dict, At], Any]) -> list[Any]:
     """Parse a JSONL task file; ``check(obj, err)`` validates one object and returns the item,
     raising ``err(message)``, a FormatError that names the file and line."""
-    text = records.decode(path, path.read_bytes())
+    text = decode(path, path.read_bytes())
     items = [check(obj, At(where)) for obj, where in records.jsonl(path, text)]
     if not items:
         raise FormatError(f"{path}: no items")

@@ -18,15 +18,7 @@ from pathlib import Path
 from .multiple_choice import Item, Style, accuracy, check_item, choose, requests
 from .scoring import Scorer
 from .stats import mean, mean_stderr
-from .tasks import (
-    EvalConfig,
-    Kind,
-    Metric,
-    TaskResult,
-    need_index,
-    read_jsonl,
-    register,
-)
+from .tasks import EvalConfig, Kind, Metric, TaskResult, need_index, read_jsonl, register
 
 PRIMER = (
     "Q: How many legs does a spider have?\nA: A spider has eight legs.\n\n"

@@ -44,7 +44,8 @@ from .ggml import mixes
 from .ggml.types import TYPES
 from .gguf import read_header
 from .gguf_archs import ARCHS, ArchSpec, HParam, Layout, register, resolve_name
-from .gguf_tokenizer import read_json, write_tokenizer
+from .gguf_tokenizer import write_tokenizer
+from .untrusted import read_json
 
 __all__ = ["ARCHS", "ArchSpec", "HParam", "Layout", "export_gguf", "load_gguf_weights", "plan_types", "register"]
 
@@ -143,9 +144,7 @@ def _load_config(src: Path) -> tuple[ArchSpec, Any]:
         raise FormatError(
             f"cannot export model_type {model_type!r} to GGUF (supported: {', '.join(sorted(ARCHS))})"
         )
-    from transformers import (
-        AutoConfig,  # the config class fills defaults and normalizes RoPE
-    )
+    from transformers import AutoConfig  # the config class fills defaults and normalizes RoPE
 
     config = AutoConfig.from_pretrained(src)
     spec.check(config)

@@ -31,8 +31,9 @@ import gguf
 from gguf import TokenType
 
 from ..errors import FormatError
+from .untrusted import read_json
 
-__all__ = ["BPE_PRE", "read_json", "write_tokenizer"]
+__all__ = ["BPE_PRE", "write_tokenizer"]
 
 _LLAMA3_SPLIT = (  # Meta-Llama-3 tokenizer.json
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -73,13 +74,6 @@ def _pre_steps(pre: dict | None) -> tuple[str, ...]:
     if kind == "Split" and pre.get("behavior") == "Isolated" and not pre.get("invert"):
         return ("Split " + str((pre.get("pattern") or {}).get("Regex")),)
     return (kind + json.dumps({k: v for k, v in pre.items() if k != "type"}, sort_keys=True),)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FormatError(f"cannot read {path}: {e}") from None
 
 
 def _normalizer_steps(norm: dict | None) -> list[dict]:

@@ -16,15 +16,6 @@ from typing import Iterator
 from ..errors import FormatError
 
 
-def decode(path: Path, raw: bytes) -> str:
-    """``raw`` as UTF-8 text, or an error naming the line of the first bad byte."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise FormatError(f"{path}:{line}: not valid UTF-8") from None
-
-
 def lines(text: str) -> list[str]:
     """``text`` split into lines at ``\n`` (a ``\r`` before it dropped), the way every record
     reader here counts lines. Not ``str.splitlines()``: it also breaks at U+2028, U+2029, U+0085

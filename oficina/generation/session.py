@@ -17,13 +17,7 @@ import torch
 from ..errors import OficinaError
 from ..formats import prompt
 from ..models.info import ModelInfo, check_loadable, describe
-from ..models.loader import (
-    Loaded,
-    gguf_cache_folder,
-    gguf_file,
-    load_folder,
-    load_tokenizer,
-)
+from ..models.loader import Loaded, gguf_cache_folder, gguf_file, load_folder, load_tokenizer
 from ..options import Options
 from ..registry.registry import Entry, Registry
 from ..registry.sources import resolve

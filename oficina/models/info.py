@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
+from ..formats.untrusted import read_json
 
 # concept -> config.json keys that hold it, first match wins (GPT-2 uses n_*, T5 d_model/num_*).
 CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
@@ -292,41 +293,6 @@ def _describe_hf(folder: Path) -> ModelInfo:
         feed_forward_length=get("feed_forward_length"), vocab_size=get("vocab_size"),
         quantization=quant, file_type=main, bits_per_weight=n_bits / max(n_params, 1),
         file_size=size, chat_template=chat, license=None, tensors=tensors)
-
-
-MAX_JSON_DEPTH = 64  # real configs nest 3-4 levels; Python's json recurses once per level
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from a model folder, or FormatError: unreadable, not JSON, not an object,
-    or nested so deep (``[[[[...``) that parsing it would exhaust the interpreter's stack."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    depth = _max_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise FormatError(f"{path}: nested {depth:,} levels deep (a model config nests a few); not read")
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise FormatError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise FormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _max_depth(text: str) -> int:
-    """How deep ``[`` / ``{`` nest, outside strings (one linear scan with re, no recursion)."""
-    depth = deepest = 0
-    for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
-        c = m.group()
-        if c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth -= 1
-    return deepest
 
 
 def refuse_remote_code(folder: Path, cfg: dict) -> None:

@@ -24,14 +24,7 @@ from ..tuning import loop
 from ..tuning.session import Session, atomic_folder, loop_metrics
 from .blocks import BlockBatches
 from .config import LOOP_FIELDS, PretrainConfig
-from .corpus import (
-    Corpus,
-    Tokens,
-    held_out,
-    tokenize,
-    tokenizer_digest,
-    unigram_perplexity,
-)
+from .corpus import Corpus, Tokens, held_out, tokenize, tokenizer_digest, unigram_perplexity
 from .families import Family, family
 from .objectives import Objective, objective
 from .samples import samples

@@ -33,6 +33,7 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from ..errors import OficinaError
+from ..formats.untrusted import read_text
 from ..options import validate_mapping
 
 FIELDS = ("template", "variables", "description", "examples", "models", "parameters")
@@ -183,18 +184,7 @@ def parse(text: str, where: str = "prompt.yaml") -> PromptSpec:
 
 def read(path: str | Path) -> PromptSpec:
     p = Path(path)
-    try:
-        data = p.read_bytes()[:MAX_BYTES + 1]
-    except OSError as e:
-        raise PromptError(f"cannot read {p}: {e.strerror or e}") from None
-    if len(data) > MAX_BYTES:
-        raise PromptError(f"{p}: larger than 1 MiB; not a prompt file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise PromptError(f"{p}:{line}: not valid UTF-8 ({e.reason})") from None
-    return parse(text, str(p))
+    return parse(read_text(p, MAX_BYTES, "prompt file", PromptError), str(p))
 
 
 def _variables(raw: Any, where: str) -> dict[str, Variable]:

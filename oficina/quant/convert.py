@@ -23,15 +23,7 @@ from ..generation.session import Model
 from ..models.info import describe
 from ..models.loader import load_folder, load_tokenizer, no_tqdm
 from ..models.quant_linear import dequantize_model
-from ..models.torch_quant import (
-    KEY,
-    QuantResult,
-    TorchQuantConfig,
-    is_packed,
-    load_packed,
-    quantize,
-    save,
-)
+from ..models.torch_quant import KEY, QuantResult, TorchQuantConfig, is_packed, load_packed, quantize, save
 from ..options import Options
 from ..registry.manifest import Manifest
 from ..registry.names import parse_ref

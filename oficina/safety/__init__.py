@@ -9,17 +9,7 @@ Guards by name: ``pii`` (pii.py), ``content`` and ``classifier=MODEL`` (classifi
 ``rules=FILE`` (rules.py), ``grounding`` (grounding.py); the registry is in guard.py.
 """
 
-from .guard import (
-    GUARDS,
-    Guard,
-    GuardError,
-    Span,
-    Verdict,
-    check,
-    get_guard,
-    redact,
-    register,
-)
+from .guard import GUARDS, Guard, GuardError, Span, Verdict, check, get_guard, redact, register
 from .stream import GuardedStream, check_input
 
 __all__ = [

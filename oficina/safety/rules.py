@@ -24,6 +24,7 @@ from typing import Any
 
 import regex
 
+from ..formats.untrusted import read_text
 from .guard import Guard, GuardError, Span, Verdict, redact, register
 
 ACTIONS = ("block", "flag", "redact", "allow")
@@ -83,18 +84,7 @@ def _compile(value: str, loc: str):
 
 def read(path: str | os.PathLike) -> list[Rule]:
     p = Path(path).expanduser()
-    try:
-        data = p.read_bytes()[:MAX_BYTES + 1]
-    except OSError as e:
-        raise GuardError(f"cannot read rule file {p}: {e.strerror or e}") from None
-    if len(data) > MAX_BYTES:
-        raise GuardError(f"{p}: larger than 1 MiB; not a rule file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise GuardError(f"{p}:{line}: not valid UTF-8 ({e.reason})") from None
-    return parse(text, str(p))
+    return parse(read_text(p, MAX_BYTES, "rule file", GuardError), str(p))
 
 
 class Rules(Guard):

@@ -20,14 +20,7 @@ from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
-from ..errors import (
-    FormatError,
-    InvalidOptions,
-    ModelfileError,
-    ModelNotFound,
-    OficinaError,
-    RegistryError,
-)
+from ..errors import FormatError, InvalidOptions, ModelfileError, ModelNotFound, OficinaError, RegistryError
 from ..report import reporter, set_reporter
 from ..ui import routes as ui_routes
 from .auth import PUBLIC, Denied, Key, Policy

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from ..errors import FormatError
 from ..formats import records
+from ..formats.untrusted import decode
 
 # shape -> (required fields, optional fields), in detection order
 SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -68,7 +69,7 @@ def read(path: str | Path) -> Dataset:
         raise FormatError(f"{p}: unknown data format {suffix or '(no suffix)'}; "
                           f"expected {', '.join(SUFFIXES)}")
     raw = p.read_bytes()
-    items = READERS[suffix](p, records.decode(p, raw))
+    items = READERS[suffix](p, decode(p, raw))
     out, shape = [], None
     for fields, where in items:
         if shape is None:

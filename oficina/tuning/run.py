@@ -22,15 +22,7 @@ from . import attach, defaults, forgetting, loop, tasks
 from .batches import Batches
 from .config import TuneConfig
 from .method import Method, get, load_all
-from .session import (
-    Base,
-    Session,
-    fingerprint,
-    loop_metrics,
-    model_for,
-    open_base,
-    pad_id,
-)
+from .session import Base, Session, fingerprint, loop_metrics, model_for, open_base, pad_id
 
 
 @dataclass
