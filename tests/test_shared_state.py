@@ -106,3 +106,31 @@ def test_chat_loop_set_parameter_is_the_conversation_s_own(shared, monkeypatch, 
     assert "temperature          0.25" in out and "num_predict          3" in out
     assert "eval count:           3 token(s)" in err or "done reason:          stop" in err
     assert model.options is before and model.options.temperature == before.temperature
+
+
+def test_each_thread_has_its_own_connection_closed_after_the_thread(tmp_path):
+    import sqlite3
+
+    from oficina.registry.db import PerThread
+
+    db = PerThread(tmp_path / "x.db", "CREATE TABLE IF NOT EXISTS t (x)")
+    seen = []
+
+    def use():
+        seen.append(db.get())
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES (1)")
+
+    for target in (use, use, use, db.get):
+        t = threading.Thread(target=target)
+        t.start()
+        t.join()
+    assert len({id(c) for c in seen}) == 3 and all(c is not db.get() for c in seen)
+    for c in seen:  # the threads have ended: their connections were closed by a later thread's get()
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            c.execute("SELECT 1")
+    mine = db.get()
+    db.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        mine.execute("SELECT 1")
+    assert db.execute("SELECT COUNT(*) FROM t").fetchone() == (3,)  # opened again on use

@@ -234,7 +234,10 @@ def distill(cfg: TuneConfig, student: str, settings: DistillConfig | None = None
     tok = teacher_base.tokenizer
     model, student_base, context_length, student_from = _student(run, student, teacher_base, cfg, task)
     model.requires_grad_(True)
-    ctx = tasks.Context(tok, cfg.max_length, cfg.train_on, cfg.truncate, split_long=True)
+    # prompts as `oficina run` will render them for the student: the manifest it is published under
+    runs_as = student_base if student_base is not None and student_base.entry else teacher_base
+    ctx = tasks.Context.for_model(tok, runs_as.manifest, cfg.max_length, train_on=cfg.train_on,
+                                  truncate=cfg.truncate, split_long=True)
     train_ex = tasks.encode(train_ds, task, ctx)
     eval_ex = tasks.encode(eval_ds, task, ctx) if eval_ds else []
     pad = pad_id(tok)

@@ -91,6 +91,10 @@ class PromptStore:
     def _tx(self):
         return self._db.transaction()
 
+    def close(self) -> None:
+        """Close the database connections (every thread's); the store reopens on next use."""
+        self._db.close()
+
     # -- writing --------------------------------------------------------------------------------
     def add(self, name: str, spec: PromptSpec, source: str = "") -> tuple[StoredPrompt, bool]:
         """Store ``spec`` as the next version of ``name``; (the version, whether it is new)."""
