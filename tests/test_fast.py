@@ -177,3 +177,28 @@ def test_gguf_fp32_equals_transformers_and_packed_bf16_is_close(gguf_exports, fa
                                           last_only=False)[0], -1)
         kl = float((lp.exp() * (lp - q)).sum(-1).mean())
         assert kl < 2e-3, f"{family} {ftype}: mean KL {kl:.2e} of packed bf16 vs float32"
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0", "Q5_1"])
+def test_8_bit_block_types_keep_their_codes_in_two_int4_halves(qtype):
+    """Q8_0 / Q5_0 / Q5_1 go into ``Int4Pair``: the dequantized weight is gguf-py's to the
+    bf16 roundings of the block scale (2^-9 of |d*c| <= 2 max|w|) and zero (2^-9 of |8d+m| <=
+    max|w|), and the one-row int4 kernel computes it."""
+    import types
+
+    import gguf
+    import numpy as np
+
+    from oficina.generation.fast.weights import Int4Pair, dequantize_rows, from_gguf
+
+    t = gguf.GGMLQuantizationType[qtype]
+    w = np.random.default_rng(0).standard_normal((48, 128)).astype(np.float32) * 0.05
+    data = gguf.quants.quantize(w, t)
+    tensor = types.SimpleNamespace(shape=(128, 48), tensor_type=t, data=data)
+    form = from_gguf(tensor, torch.bfloat16)
+    assert isinstance(form, Int4Pair)
+    ref = dequantize_rows(data, t).reshape(48, 128)
+    torch.testing.assert_close(form.dequantize(torch.float32), ref, rtol=0, atol=3 * 2 ** -9 * float(ref.abs().max()))
+    x = torch.randn(1, 128).bfloat16()
+    want = x.float() @ ref.t()
+    assert float((form(x).float() - want).norm() / want.norm()) < 1e-2

@@ -17,7 +17,8 @@ Per GGUF type (llama.cpp ggml-quants.c layouts, gguf-py ``quants.py``):
 | Q4_1 | int4 | codes exact; ``d*q + m`` = ``(q-8)*d + (m+8d)``, both rounded to bf16 |
 | Q4_K | int4 | codes exact; sub-block scale ``d*sc`` and zero ``8*d*sc - dmin*m`` rounded to bf16 |
 | F16, BF16, F32 | dense bf16 (float32 when asked) | BF16/F32-as-F32 exact, otherwise rounded to bf16 |
-| anything else (Q8_0, Q5_0, Q5_1, Q6_K, ...) | int8 per channel | measured: dequantized, then re-quantized to 8 bits per output channel |
+| Q8_0, Q5_0, Q5_1 | int4pair: two int4 halves, ``c = 16h + l`` | codes exact; scales ``16d``, ``d`` and zero ``8d + m`` rounded to bf16 |
+| anything else (Q6_K, Q5_K, Q3_K, ...) | int8 per channel | measured: dequantized, then re-quantized to 8 bits per output channel |
 
 bf16 scales are forced by the kernels: on this CPU ``_weight_int4pack_mm_for_cpu`` and
 ``_weight_int8pack_mm`` run ~30x slower with float32 or float16 activations (their reference
@@ -155,6 +156,45 @@ class Int4(Form):
         return cls(t["packed"], t["nibbles"], t["sz"])
 
 
+@_register
+class Int4Pair(Form):
+    """An 8-bit-code weight held exactly in two int4 halves (Q8_0, Q5_0, Q5_1 blocks of 32):
+    a code ``c = 16*h + l`` with ``l`` in 0..15 is ``(h+8 - 8) * 16d`` + ``(l - 8) * d + (8d + m)``,
+    two int4 groups of 32 side by side along K, so one int4 kernel call over ``[x, x]`` computes
+    ``x @ (d*c + m)``: the same bytes as int8, codes exact, only the scales rounded to bf16."""
+
+    name = "int4pair"
+
+    def __init__(self, inner: Int4):
+        self.inner = inner               # [N, 2K]: high halves, then low halves
+        self.shape = (inner.shape[0], inner.shape[1] // 2)
+
+    @classmethod
+    def from_codes(cls, c: Tensor, d: Tensor, m: Tensor) -> Int4Pair:
+        """``c [N, K]`` integer codes in -128..127, ``d, m [N, K/32]`` float32: w = d*c + m."""
+        c = c.to(torch.int32)
+        h, lo = torch.div(c, 16, rounding_mode="floor"), c.remainder(16)
+        return cls(Int4.from_codes(torch.cat([h + 8, lo], 1), torch.cat([16 * d, d], 1),
+                                   torch.cat([torch.zeros_like(d), 8 * d + m], 1)))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape[0] >= PREFILL_ROWS or x.dtype != torch.bfloat16:
+            return F.linear(x, self.dequantize(x.dtype))
+        return self.inner(torch.cat([x, x], -1))
+
+    def dequantize(self, dtype=torch.bfloat16) -> Tensor:
+        w = self.inner.dequantize(torch.float32)
+        k = self.shape[1]
+        return (w[:, :k] + w[:, k:]).to(dtype)
+
+    def tensors(self):
+        return self.inner.tensors()
+
+    @classmethod
+    def load(cls, t):
+        return cls(Int4.load(t))
+
+
 def fuse(forms: list[Form]) -> Form | None:
     """One form holding ``forms`` stacked along N (q|k|v, gate|up): one kernel call instead of
     three or two per layer. None when they are not all the same kind of form."""
@@ -166,6 +206,8 @@ def fuse(forms: list[Form]) -> Form | None:
         return Dense(torch.cat([f.w for f in forms]))
     if kind == "int8":
         return Int8(torch.cat([f.q for f in forms]), torch.cat([f.scale for f in forms]))
+    if kind == "int4pair":
+        return Int4Pair(fuse([f.inner for f in forms]))
     nib = torch.cat([f.nibbles for f in forms])
     codes = torch.stack([nib & 15, nib >> 4], -1).reshape(nib.shape[0], -1)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
@@ -211,6 +253,24 @@ def _q4_k(data: np.ndarray, n: int, k: int):
 INT4_READERS: dict[str, Callable] = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q4_K": _q4_k}
 
 
+def _block_codes(data: np.ndarray, qtype, n: int, k: int, with_min: bool):
+    """Integer codes ``c`` of a scaled-integer block type (blocks of 32, fp16 ``d`` first, then
+    ``m`` for the ``_1`` types; ``w = d*c + m``), recovered exactly from gguf-py's reference
+    dequantization as ``round((w - m) / d)`` (|c| <= 127: float32 holds the quotient to far
+    better than 0.5)."""
+    b = data.reshape(n, k // 32, -1)
+    d = _f16(b[..., 0:2])
+    m = _f16(b[..., 2:4]) if with_min else torch.zeros_like(d)
+    w = dequantize_rows(data, qtype).reshape(n, k // 32, 32)
+    safe = torch.where(d == 0, torch.ones_like(d), d)
+    return torch.round((w - m[..., None]) / safe[..., None]).reshape(n, k), d, m
+
+
+# type -> whether it has a min: Q8_0 w = d*c (c -127..127); Q5_0 w = d*c (c -16..15);
+# Q5_1 w = d*c + m (c 0..31)
+PAIR_TYPES = {"Q8_0": False, "Q5_0": False, "Q5_1": True}
+
+
 def dequantize_rows(data: np.ndarray, qtype) -> Tensor:
     """float32 rows of any GGUF tensor (gguf-py's reference dequantization)."""
     from gguf.quants import dequantize
@@ -230,6 +290,11 @@ def from_gguf(tensor, dtype: torch.dtype, perm: Tensor | None = None, chunk: int
         if perm is not None:
             q, scale, zero = q[perm], scale[perm], zero[perm]
         return Int4.from_codes(q, scale, zero)
+    if kind in PAIR_TYPES and k % GROUP == 0 and n % 16 == 0 and dtype == torch.bfloat16:  # the int4 packer's N tiles
+        c, d, m = _block_codes(data, tensor.tensor_type, n, k, PAIR_TYPES[kind])
+        if perm is not None:
+            c, d, m = c[perm], d[perm], m[perm]
+        return Int4Pair.from_codes(c, d, m)
     if kind in ("F32", "F16"):
         w = torch.from_numpy(data.astype(np.float32)).reshape(n, k)
         return Dense((w[perm] if perm is not None else w).to(dtype))
