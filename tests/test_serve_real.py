@@ -57,6 +57,34 @@ def test_schema_and_tool_call_on_smollm2(srv):
     assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
 
 
+def test_ollama_chat_with_tools_on_smollm2(srv):
+    """Ollama's /api/chat with ``tools``: the official client gets ``message.tool_calls`` back,
+    streamed and not. Ollama's API has no ``tool_choice``; its ``format`` (a JSON schema) holding
+    one call of the tool is how an Ollama client makes a 135M model write the call."""
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": params}}]
+    call_schema = {"type": "object", "properties": {"name": {"const": "get_weather"}, "arguments": params},
+                   "required": ["name", "arguments"]}
+    client = ollama.Client(host=srv.url)
+    ask = dict(model="smollm2", messages=[{"role": "user", "content": "What is the weather in Lisbon?"}],
+               tools=tools, format=call_schema, options={"temperature": 0, "num_predict": 60})
+    r = client.chat(**ask)
+    assert r.done and r.message.tool_calls, r.message
+    call = r.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    jsonschema.validate(dict(call.function.arguments), params)
+    parts = list(client.chat(**ask, stream=True))
+    assert parts[-1].done and all(not p.done for p in parts[:-1])
+    streamed = parts[-1].message.tool_calls
+    assert streamed and streamed[0].function.name == "get_weather"
+    assert dict(streamed[0].function.arguments) == dict(call.function.arguments)   # greedy: the same call
+    # a request whose answer is not a call of an offered tool gets none
+    plain = client.chat(model="smollm2", messages=[{"role": "user", "content": "Say hi."}], tools=tools,
+                        options={"temperature": 0, "num_predict": 8})
+    assert not plain.message.tool_calls and plain.message.content
+
+
 @pytest.mark.slow
 def test_eight_streams_on_smollm2(srv):
     """8 concurrent greedy answers equal the 8 one-at-a-time answers (at least 6 of 8: batched

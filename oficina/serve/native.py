@@ -14,14 +14,10 @@ about HTTP. Two seams for the layers on top (issue "Operate"):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,85 +26,19 @@ from ..errors import OficinaError
 from ..generation.decoding import Decoding
 from ..inspect.embed import embed as embed_one
 from ..options import Options
-from ..prompts import PromptStore
-from ..safety.stream import GuardedStream, check_input, done_reason
+from .extras import guard_input, guard_reason, library_prompt, output_guard
 from .pool import Pool, Served
 from .remote import stream
+from .request import BadRequest, Delta, GenerateRequest, Record, Result
 from .scheduler import Failed, Job, Piece
 from .sequence import Finished, Sequence
 from .structured import GrammarProcessor, Grammars
+from .tools import forced_tool_schema, parse_tool_calls
+
+__all__ = ["NS", "BadRequest", "Delta", "GenerateRequest", "Record", "Result", "Server", "collect", "embed",
+           "forced_tool_schema", "generate", "parse_tool_calls", "prompt_ids"]
 
 NS = 1_000_000_000
-
-
-class BadRequest(OficinaError):
-    """The request itself is wrong (HTTP 400)."""
-
-
-@dataclass
-class GenerateRequest:
-    model: str
-    prompt: str | None = None                 # /api/generate, /v1/completions
-    messages: list[dict] | None = None        # /api/chat, /v1/chat/completions
-    system: str | None = None
-    template: str | None = None
-    raw: bool = False
-    images: list | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    format: str | dict | None = None          # "json" or a JSON schema
-    keep_alive: Any = None
-    tools: list[dict] | None = None
-    route: str = ""
-    key_id: str | None = None
-    prompt_name: str | None = None            # a library prompt (oficina prompt): NAME, NAME@2, NAME:label
-    variables: dict[str, Any] | None = None   # its variables
-    prompt_ref: str | None = None             # the exact version used (NAME@N), for the log
-
-
-@dataclass
-class Result:
-    """One finished generation, in neutral units (seconds; the translators convert)."""
-
-    model: str
-    text: str
-    done_reason: str
-    prompt_tokens: int
-    eval_tokens: int
-    load_seconds: float = 0.0
-    queue_seconds: float = 0.0
-    prompt_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    ttft_seconds: float = 0.0
-    total_seconds: float = 0.0
-    truncated: str | None = None
-    tool_calls: list[dict] = field(default_factory=list)
-    seed: int = -1
-    cached: bool = False
-    created: float = field(default_factory=time.time)
-    pieces: list[str] = field(default_factory=list)       # the text as streamed, chunk by chunk
-    token_times: list[float] = field(default_factory=list)  # time.monotonic() at each token
-    reused_tokens: int = 0            # prompt tokens whose KV came from a cached prefix
-    cost: float | None = None         # set by the price table's observer (operate.py)
-
-
-@dataclass
-class Delta:
-    text: str
-
-
-@dataclass
-class Record:
-    """What observers get for every finished request (one per generation)."""
-
-    id: str
-    route: str
-    model: str
-    digest: str
-    key_id: str | None
-    options: dict[str, Any]
-    prompt: Any                       # the prompt text or the messages
-    result: Result
-    request: GenerateRequest | None = None   # system, template, format, tools... (log, cache key)
 
 
 @dataclass
@@ -176,56 +106,6 @@ def _render(model, msgs: list[dict], req: GenerateRequest) -> list[int]:
     return model.encode_chat(msgs, tools=req.tools, template=req.template)
 
 
-# -- tool calls ---------------------------------------------------------------------------------
-
-_TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-
-
-def parse_tool_calls(text: str, tools: list[dict] | None) -> tuple[str, list[dict]]:
-    """Tool calls the model wrote, as ``[{"function": {"name", "arguments"}}]``, and the text
-    without them. Recognises the Hermes/Qwen ``<tool_call>{...}</tool_call>`` form and an answer
-    that is just ``{"name": ..., "arguments": ...}`` (or a list of them). Names must be tools the
-    request offered."""
-    if not tools:
-        return text, []
-    names = {(t.get("function") or {}).get("name") for t in tools if isinstance(t, dict)}
-    blobs = _TOOL_TAG.findall(text) or [text.strip()]
-    calls = []
-    for blob in blobs:
-        try:
-            value = json.loads(blob)
-        except ValueError:
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, dict) and item.get("name") in names:
-                args = item.get("arguments", item.get("parameters", {}))
-                if isinstance(args, str):
-                    try:
-                        args = json.loads(args)
-                    except ValueError:
-                        continue
-                if isinstance(args, dict):
-                    calls.append({"function": {"name": item["name"], "arguments": args}})
-    if not calls:
-        return text, []
-    return _TOOL_TAG.sub("", text).strip() if "<tool_call>" in text else "", calls
-
-
-def forced_tool_schema(tools: list[dict], name: str | None) -> dict:
-    """A schema that makes the answer one call of ``name`` (or of any offered tool)."""
-    options = []
-    for t in tools:
-        fn = t.get("function") or {}
-        if name is None or fn.get("name") == name:
-            options.append({"type": "object", "properties": {
-                "name": {"const": fn.get("name")},
-                "arguments": fn.get("parameters") or {"type": "object"}},
-                "required": ["name", "arguments"]})
-    if not options:
-        raise BadRequest(f"tool_choice names {name!r}, which is not among the tools")
-    return options[0] if len(options) == 1 else {"anyOf": options}
-
-
 # -- generation ---------------------------------------------------------------------------------
 
 def _grammars(served: Served) -> Grammars:
@@ -249,15 +129,15 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
             raise BadRequest(f"model {served.name!r} is an {served.model.info.kind} model; it can embed, not generate")
         params: dict[str, Any] = {}
         if req.prompt_name:  # the library prompt's text, its parameters under the request's options
-            req, params = await asyncio.to_thread(_library_prompt, server, req)
+            req, params = await asyncio.to_thread(library_prompt, server.pool.home, req)
         try:
             opts = served.model.options.merged({**params, **(req.options or {})})
         except OficinaError as e:
             raise BadRequest(str(e)) from None
         if opts.guard:  # guards (oficina/safety) on the user's text before anything is decoded
-            req, verdict = await asyncio.to_thread(_guard_input, req, opts)
+            req, verdict = await asyncio.to_thread(guard_input, req, opts)
             if verdict is not None:
-                result = Result(served.name, "", _guard_reason(verdict), 0, 0, load_seconds,
+                result = Result(served.name, "", guard_reason(verdict), 0, 0, load_seconds,
                                 total_seconds=time.monotonic() - t0)
                 server.notify(_record(req, served, opts, result))
                 yield result
@@ -297,14 +177,14 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
         job = Job(make, loop, asyncio.Queue(), deadline=time.monotonic() + timeout if timeout else None)
         served.scheduler.submit(job)
         pieces: list[str] = []
-        guarded = _output_guard(opts)
+        guarded = output_guard(opts)
         try:
             while True:
                 item = await job.out.get()
                 if isinstance(item, Piece):
                     text, verdict = guarded.feed(item.text) if guarded and item.text else (item.text, None)
                     if verdict is not None:  # a block ends the stream; the offending text never leaves
-                        result = Result(served.name, "".join(pieces), _guard_reason(verdict), len(ids),
+                        result = Result(served.name, "".join(pieces), guard_reason(verdict), len(ids),
                                         len(pieces), load_seconds, total_seconds=time.monotonic() - t0)
                         result.pieces = pieces
                         server.notify(_record(req, served, opts, result))
@@ -330,7 +210,7 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
                     if guarded:  # the client saw the guarded text, not the raw one
                         result.text = "".join(pieces)
                         if verdict is not None:
-                            result.done_reason, result.tool_calls = _guard_reason(verdict), []
+                            result.done_reason, result.tool_calls = guard_reason(verdict), []
                     result.pieces, result.token_times = pieces, item.token_times
                     server.notify(_record(req, served, opts, result))
                     yield result
@@ -362,54 +242,6 @@ async def _generate_remote(server: Server, served: Served, req: GenerateRequest,
                         pieces=pieces, token_times=value["times"])
         server.notify(_record(req, served, opts, result))
         yield result
-
-
-def _library_prompt(server: Server, req: GenerateRequest) -> tuple[GenerateRequest, dict[str, Any]]:
-    """Render the named prompt (``oficina/prompts``) as the user's text: the generate route's
-    prompt, or the chat's last user turn. The version used is kept for the conversation log."""
-    home = server.pool.home
-    try:
-        stored = PromptStore(Path(home) if home else None).get(req.prompt_name)
-        text = stored.render(req.variables or {})
-    except OficinaError as e:
-        raise BadRequest(str(e)) from None
-    if req.messages is not None:
-        msgs = [*req.messages, {"role": "user", "content": text}]
-        req = dataclasses.replace(req, messages=msgs, prompt_ref=stored.ref)
-    else:
-        if req.prompt:
-            raise BadRequest("give either a prompt or a prompt_name, not both")
-        req = dataclasses.replace(req, prompt=text, prompt_ref=stored.ref)
-    return req, dict(stored.spec.parameters)
-
-
-def _guard_input(req: GenerateRequest, opts: Options):
-    """The request with the user's last text checked by ``opts.guard``: (request, None) with the
-    text redacted where a guard redacts, or (request, verdict) when a guard blocks it."""
-    if req.messages:
-        msgs = [dict(m) for m in req.messages]
-        last = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
-        if last is None or not isinstance(last.get("content"), str):
-            return req, None
-        last["content"], verdict = check_input(last["content"], opts.guard)
-        req = dataclasses.replace(req, messages=msgs)
-    elif req.prompt:
-        text, verdict = check_input(req.prompt, opts.guard)
-        req = dataclasses.replace(req, prompt=text)
-    else:
-        return req, None
-    return req, (verdict if verdict.blocked else None)
-
-
-def _output_guard(opts: Options):
-    if not opts.guard:
-        return None
-
-    return GuardedStream(iter(()), opts.guard)
-
-
-def _guard_reason(verdict) -> str:
-    return done_reason(verdict)
 
 
 def _is_loaded(pool: Pool, name: str) -> bool:
