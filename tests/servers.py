@@ -1,5 +1,5 @@
-"""Real servers for tests: uvicorn in a thread on a free loopback port, or a second server
-process (the upstream of a remote model)."""
+"""Real servers for tests: uvicorn in a thread on a free loopback port (any app, or oficina's
+own over a registry: ``Running``), or a second server process (the upstream of a remote model)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ import time
 from pathlib import Path
 
 import httpx
+import uvicorn
+
+from oficina.registry.registry import Registry
+from oficina.registry.sources import import_path
+from oficina.serve.app import create_app
+from oficina.serve.auth import Policy
+from oficina.serve.native import Server
+from oficina.serve.pool import Pool
 
 # A second server process: `oficina serve`'s app over the home in argv[1], on the port in argv[2],
 # with its own operations (log, metrics), so a test can see what reached it.
@@ -37,27 +45,81 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Uvicorn:
+    """uvicorn serving ``app`` in a thread, on a loopback port bound before it starts (so no other
+    process can take the port in between)."""
+
+    def __init__(self, app, **config):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", **config}))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+
 @contextlib.contextmanager
 def serving(app):
-    """uvicorn in a thread on a free loopback port; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    for _ in range(1000):
-        if server.started:
-            break
-        time.sleep(0.01)
+    """``Uvicorn`` for the length of a ``with``; yields the base URL."""
+    running = Uvicorn(app, lifespan="on")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield running.url
     finally:
-        server.should_exit = True
-        t.join(10)
-        sock.close()
+        running.stop(10)
+
+
+class Running:
+    """oficina's own app over the registry at ``home`` (``pool_kw`` to its Pool), served by
+    ``Uvicorn``; ``server`` is the oficina Server, for the test to look inside."""
+
+    def __init__(self, home: Path, policy: Policy | None = None, **pool_kw):
+        self.pool = Pool(home, **pool_kw)
+        self.server = Server(self.pool)
+        self.app = create_app(self.server, policy)
+        self._uv = Uvicorn(self.app, log_level="error", timeout_graceful_shutdown=5)
+        self.port = self._uv.port
+
+    @property
+    def url(self) -> str:
+        return self._uv.url
+
+    def counts(self) -> tuple[int, int]:
+        return self.pool.running(), self.pool.waiting()
+
+    def wait_idle(self, timeout: float = 20.0) -> tuple[int, int]:
+        deadline = time.time() + timeout
+        while self.counts() != (0, 0) and time.time() < deadline:
+            time.sleep(0.05)
+        return self.counts()
+
+    def stop(self) -> None:
+        self._uv.stop()
+
+
+def tiny_registry(home: Path, work: Path):
+    """A registry with a tiny random llama ("tiny") and a tiny bert ("tinybert")."""
+    import tiny
+
+    reg = Registry(home)
+    for family, name in (("llama", "tiny"), ("bert", "tinybert")):
+        folder = work / name
+        tiny.build(family, folder)
+        import_path(reg, folder, name)
+    return reg
 
 
 def start_upstream(home: Path, port: int, ops_home: Path | None = None, cache: bool = False) -> subprocess.Popen:

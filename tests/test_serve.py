@@ -12,7 +12,7 @@ import ollama
 import openai
 import pytest
 
-from serve_util import Running, tiny_registry
+from servers import Running, tiny_registry
 
 GREEDY = {"temperature": 0, "num_predict": 12}
 

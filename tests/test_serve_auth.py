@@ -10,7 +10,7 @@ import pytest
 from oficina.errors import OficinaError
 from oficina.serve.app import ROUTES
 from oficina.serve.auth import PUBLIC, Key, Policy, digest
-from serve_util import Running
+from servers import Running
 
 ADMIN, INFER, READ = "admin-secret", "infer-secret", "read-secret"
 KEYS = [Key("root", digest(ADMIN), "admin"), Key("app", digest(INFER), "inference"), Key("ro", digest(READ), "read")]

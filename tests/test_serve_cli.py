@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_util import tiny_registry
+from servers import tiny_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow      # each test starts a Python process that imports torch

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import real_home
-from serve_util import Running
+from servers import Running
 
 pytestmark = pytest.mark.real
 
