@@ -88,7 +88,7 @@ def main() -> None:
     model = oficina.load(args.model)           # scores on the fast runner where it can
     os.environ["OFICINA_RUNNER"] = "transformers"
     fp32 = oficina.load(args.model)            # the same through transformers at fp32
-    fp32.runner
+    assert fp32.runner.capabilities.name == "transformers"   # chosen now, while the variable is set
     del os.environ["OFICINA_RUNNER"]
     runner = model.runner.capabilities
     from lm_eval.api.instance import Instance

@@ -13,11 +13,11 @@ import oficina
 from oficina.cli import main
 from oficina.errors import FormatError, OficinaError
 from oficina.evaluation import KINDS, EvalConfig, Scorer, evaluate, parse_tasks, rolling_windows, run_tasks
-from oficina.evaluation.scoring import shared_contexts
 from oficina.evaluation import stats
 from oficina.evaluation.classification import macro_f1
 from oficina.evaluation.generation import Generation, corpus, normalize
 from oficina.evaluation.multiple_choice import STYLES, Item, fewshot
+from oficina.evaluation.scoring import shared_contexts
 from oficina.evaluation.tasks import builtin_path
 from oficina.options import Options
 
