@@ -1,8 +1,11 @@
-"""Time to score the same text (perplexity) and the same multiple-choice set with oficina,
-lm-evaluation-harness (HFLM, same torch model object) and the transformers loop a user would
-write (Hugging Face's "Perplexity of fixed-length models" recipe), on the same threads.
+"""Time to score the same text (perplexity) and the same multiple-choice set with oficina (on
+the runner it picks, the fast one for smollm2, and forced onto the transformers runner at fp32,
+whose numbers are lm-eval's), lm-evaluation-harness (HFLM, the same torch model object) and the
+transformers loop a user would write (Hugging Face's "Perplexity of fixed-length models"
+recipe), on the same threads.
 
     OFICINA_HOME=... python bench/bench_eval.py [--model smollm2] [--threads 2] [--repeat 3]
+        [--lm-eval-batches 1,8]
 
 Writes the table to bench/bench_eval.txt (and prints it). Numbers vary with machine load: the
 contenders run in turns, the minimum of ``--repeat`` rounds is kept, and CPU time is reported beside
@@ -75,12 +78,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--windows", default="2048,256")
+    ap.add_argument("--lm-eval-batches", default="1,8", help="HFLM batch sizes to run")
     ap.add_argument("--out", default=str(HERE / "bench_eval.txt"))
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.lm_eval_batches.split(",")]
     set_reporter(Reporter(quiet=True))
-    model = oficina.load(args.model)
+    model = oficina.load(args.model)           # scores on the fast runner where it can
+    os.environ["OFICINA_RUNNER"] = "transformers"
+    fp32 = oficina.load(args.model)            # the same through transformers at fp32
+    assert fp32.runner.capabilities.name == "transformers"   # chosen now, while the variable is set
+    del os.environ["OFICINA_RUNNER"]
+    runner = model.runner.capabilities
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -91,9 +101,9 @@ def main() -> None:
     for window in (int(w) for w in args.windows.split(",")):
         cfg = EvalConfig(window=window)
         req = [Instance("loglikelihood_rolling", {}, (text,), 0)]
-        contenders = [("oficina", lambda cfg=cfg: run_tasks(model, "m", [spec], cfg)[spec.name]
-                       .metrics["ppl"].value)]
-        for bs in (1, 8):
+        contenders = [(name, lambda cfg=cfg, m=m: run_tasks(m, "m", [spec], cfg)[spec.name].metrics["ppl"].value)
+                      for name, m in (("oficina", model), ("oficina transformers fp32", fp32))]
+        for bs in batches:
             lm = HFLM(pretrained=model.torch_model, tokenizer=model.tokenizer, batch_size=bs,
                       max_length=window, device="cpu")
             contenders.append((f"lm-eval HFLM batch {bs}", lambda lm=lm, req=req: math.exp(
@@ -104,15 +114,16 @@ def main() -> None:
             rows.append((f"ppl {n_tokens} tok, window {window}", name, t, m, note))
 
     items = MultipleChoice().load(parse_tasks("mc:builtin")[0].path)
-    scorer = Scorer(model)
+    scorer, scorer32 = Scorer(model), Scorer(fp32)
     reqs, _ = requests(scorer, items, STYLES["cloze"], EvalConfig())
     pairs = []
     for it in items:
         ctx = STYLES["cloze"].prompt(it)
         pairs += [(ctx, " " + c) for c in it.choices]
     inst = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
-    contenders = [("oficina", lambda: sum(s.logprob for s in scorer(reqs)))]
-    for bs in (1, 8):
+    contenders = [("oficina", lambda: sum(s.logprob for s in scorer(reqs))),
+                  ("oficina transformers fp32", lambda: sum(s.logprob for s in scorer32(reqs)))]
+    for bs in batches:
         lm = HFLM(pretrained=model.torch_model, tokenizer=model.tokenizer, batch_size=bs, device="cpu")
         contenders.append((f"lm-eval HFLM batch {bs}",
                            lambda lm=lm: sum(x[0] for x in lm.loglikelihood(inst, disable_tqdm=True))))
@@ -122,8 +133,11 @@ def main() -> None:
     import lm_eval
     import transformers
 
-    head = (f"# oficina eval bench: {args.model} ({model.info.parameters:,} parameters, fp32), "
-            f"{args.threads} threads, min of {args.repeat} interleaved runs\n"
+    head = (f"# oficina eval bench: {args.model} ({model.info.parameters:,} parameters), "
+            f"{args.threads} threads, min of {args.repeat} interleaved runs, load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end\n"
+            f"# oficina: {runner.note} ({runner.weights}; {runner.dtype}); lm-eval and the "
+            f"transformers loop: the transformers model at fp32 (the GGUF dequantized)\n"
             f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
             f"{torch.__version__}, transformers {transformers.__version__}, lm-eval "
             f"{lm_eval.__version__}; text: oficina/data/eval/heldout.txt ({len(text.encode())} bytes)\n")

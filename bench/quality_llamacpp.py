@@ -87,7 +87,7 @@ def main() -> None:
         rows = {
             "fast bf16, prefill": run(fast, ids),
             "fast bf16, decode (int kernels)": run(fast, ids, decode=True),
-            "  ablation: output projection dense bf16 (not int8)": run(
+            "  ablation: output projection dense bf16": run(
                 hybrid(fast, output_from=dense_bf16(ref_dec)), ids),
             "  ablation: packed weights, float32 activations": run(hybrid(fast, dtype=torch.float32), ids),
             "  ablation: exact weights as dense bf16, bf16 activations": run(dense_bf16(ref_dec), ids),

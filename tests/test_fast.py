@@ -40,15 +40,7 @@ def test_logits_equal_transformers_fp32(pair):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
-def _greedy(runner, ids, n):
-    slot, reused = runner.acquire(ids)
-    logits = runner.prefill(slot, ids, reused)
-    out = []
-    for _ in range(n):
-        out.append(int(logits.argmax()))
-        logits = runner.decode([slot], [out[-1]])[0]
-    runner.release(slot)
-    return out
+_greedy = tiny.greedy
 
 
 def test_greedy_64_tokens_equal_transformers(pair):

@@ -16,22 +16,12 @@ from oficina.generation.fast.runner import FastRunner, cpu_has_bf16
 from oficina.generation.fast.weights import Int4, Int8
 from oficina.generation.hf_runner import TransformersRunner
 from oficina.models.torch_quant import KEY, TorchQuantConfig
+from tiny import greedy
 
 
 def _kl(ref: torch.Tensor, ours: torch.Tensor) -> float:
     p = torch.log_softmax(ref, -1)
     return float((p.exp() * (p - torch.log_softmax(ours, -1))).sum(-1).mean())
-
-
-def _greedy(runner, ids, n):
-    slot, reused = runner.acquire(ids)
-    logits = runner.prefill(slot, ids, reused)
-    out = []
-    for _ in range(n):
-        out.append(int(logits.argmax()))
-        logits = runner.decode([slot], [out[-1]])[0]
-    runner.release(slot)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +63,7 @@ def test_quantized_folder_runs_on_the_fast_runner(quantized, to, group):
     exact.release(slot)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
     hf = TransformersRunner(lm, context_length=128)
-    assert _greedy(exact, ids[:8], 32) == _greedy(hf, ids[:8], 32)
+    assert greedy(exact, ids[:8], 32) == greedy(hf, ids[:8], 32)
     if not cpu_has_bf16():
         return
     # bf16: the codes in Int4 / Int8 forms (exact where they map), then the KL bound

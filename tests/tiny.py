@@ -128,3 +128,15 @@ def build_decoder(family: str, folder: Path | None = None, seed: int = 0):
         model.save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)
     return model
+
+
+def greedy(runner, ids, n):
+    """``n`` argmax tokens after ``ids`` through a runner's acquire / prefill / decode."""
+    slot, reused = runner.acquire(ids)
+    logits = runner.prefill(slot, ids, reused)
+    out = []
+    for _ in range(n):
+        out.append(int(logits.argmax()))
+        logits = runner.decode([slot], [out[-1]])[0]
+    runner.release(slot)
+    return out

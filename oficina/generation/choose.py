@@ -35,7 +35,11 @@ def choose_runner(model):
 def fast_runner(model, eos) -> FastRunner:
     loaded = model.loaded
     dtype = torch.bfloat16 if cpu_has_bf16() else torch.float32
-    if getattr(loaded, "loaded", True):  # adapters were attached: the merged module is the source
+    adapters = getattr(getattr(model.entry, "manifest", None), "adapters", None)
+    # the built transformers module is the source when adapters were merged into it, or when it
+    # is all there is; a GGUF whose converted folder exists is read from the file (packed) even
+    # after something built the module (its first load converts the file that way)
+    if getattr(loaded, "loaded", True) and (adapters or loaded.info.format != "gguf" or loaded.hf_folder is None):
         module = loaded.model
         if hasattr(module, "peft_model") or hasattr(module, "peft_config"):
             raise Unsupported("prompt/prefix adapters run only in transformers")
@@ -43,7 +47,6 @@ def fast_runner(model, eos) -> FastRunner:
         ctx = min(model.options.num_ctx, cfg.context_length)
         state, dtype, how = _weights(module.state_dict(), getattr(module.config, KEY, None), dtype)
         dec = from_state(cfg, state, dtype, model.max_batch, ctx)
-        adapters = getattr(getattr(model.entry, "manifest", None), "adapters", None)
         why = ("fast runner: adapters merged into the weights at load" if adapters
                else f"fast runner: {how} (read from the loaded transformers model)")
     else:
