@@ -9,9 +9,9 @@ running for a whole prefill. Each step the thread
    next step, so a disconnect never holds a slot longer than one step),
 2. admits every waiting request that finds a free slot (cheap: a slot and its cached prefix),
 3. samples one token for every sequence that has logits and hands the text to its request,
-4. prefills the oldest admitted prompt by one chunk (``capabilities.chunk`` tokens) while
-   others decode, or whole when nothing decodes; a prompt whose last chunk is in gets its
-   first logits, and
+4. prefills the oldest admitted prompts by up to ``prefill_chunks`` chunks (of
+   ``capabilities.chunk`` tokens) while others decode, or the oldest whole when nothing
+   decodes; a prompt whose last chunk is in gets its first logits, and
 5. runs one batched ``runner.decode`` for all sequences that go on.
 
 Requests talk to the thread through a bounded queue (``submit`` raises ``Busy`` past it; the HTTP
@@ -32,6 +32,11 @@ from typing import Any
 from ..errors import OficinaError
 from ..generation.runner import Runner, SlotsFull
 from .sequence import Finished, Sequence
+
+
+# Prompt chunks prefilled per step while others decode: the knob between a new request's time
+# to first token (more) and the running streams' inter-token time (fewer).
+PREFILL_CHUNKS = 1
 
 
 class Busy(OficinaError):
@@ -78,9 +83,11 @@ class Job:
 class Scheduler:
     """Drives one runner. ``running`` and ``waiting`` are what /api/ps and the tests read."""
 
-    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model", reuse_prefix: bool = True):
+    def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model", reuse_prefix: bool = True,
+                 prefill_chunks: int = PREFILL_CHUNKS):
         self.runner = runner
         self.max_queue = max_queue
+        self.prefill_chunks = max(1, prefill_chunks)
         # A new request starts from the longest cached prefix of its prompt (a chat's earlier
         # turns, a shared system prompt); tests/test_serve_real.py repeats a greedy request to
         # check it answers as a fresh prefill does.
@@ -203,28 +210,30 @@ class Scheduler:
             self._filled[slot] = self._reused[slot] = reused if self.reuse_prefix else 0
 
     def _prefill(self, decoding: bool) -> None:
-        """Prefill the oldest admitted prompt: one chunk of ``capabilities.chunk`` tokens while
-        sequences decode (a step then costs at most a decode and a chunk, so the streams'
-        inter-token time stays bounded), the whole prompt when none does (nothing to stall).
-        Chunks start at the prompt's own first uncached token, never where another prompt's
-        chunk ended, so the cache a prompt gets (and the greedy answer, since attention over
-        chunks of other lengths rounds differently) does not depend on what else is running."""
-        if not self._filled:
-            return
-        slot, done = next(iter(self._filled.items()))
-        job, seq = self._live[slot]
-        total = len(seq.prompt)
-        stop = min(total, done + self.runner.capabilities.chunk) if decoding else total
-        try:
-            if stop < total:
-                self.runner.fill(slot, seq.prompt[:stop], done)
-                self._filled[slot] = stop
-            else:
-                reused = self._reused.pop(slot)
-                del self._filled[slot]
-                seq.start(self.runner.prefill(slot, seq.prompt, done), job, reused)
-        except Exception as e:
-            self._finish(slot, job, Failed(e))
+        """Prefill the oldest admitted prompts: up to ``prefill_chunks`` chunks of
+        ``capabilities.chunk`` tokens while sequences decode (a step then costs at most a decode
+        and those chunks, so the streams' inter-token time stays bounded), the oldest prompt
+        whole when none does (nothing to stall). Chunks start at the prompt's own first uncached
+        token, never where another prompt's chunk ended, so the cache a prompt gets (and the
+        greedy answer, since attention over chunks of other lengths rounds differently) does not
+        depend on what else is running."""
+        for _ in range(self.prefill_chunks if decoding else 1):
+            if not self._filled:
+                return
+            slot, done = next(iter(self._filled.items()))
+            job, seq = self._live[slot]
+            total = len(seq.prompt)
+            stop = min(total, done + self.runner.capabilities.chunk) if decoding else total
+            try:
+                if stop < total:
+                    self.runner.fill(slot, seq.prompt[:stop], done)
+                    self._filled[slot] = stop
+                else:
+                    reused = self._reused.pop(slot)
+                    del self._filled[slot]
+                    seq.start(self.runner.prefill(slot, seq.prompt, done), job, reused)
+            except Exception as e:
+                self._finish(slot, job, Failed(e))
 
     def _finish(self, slot: int, job: Job, item: Finished | Failed | None) -> None:
         self._live.pop(slot, None)
