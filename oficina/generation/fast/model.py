@@ -22,14 +22,15 @@ ACTS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 def rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    """RMSNorm in float32 (Zhang & Sennrich 2019); Gemma's (1 + w) is folded into w at load."""
-    x = x.float()
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    """RMSNorm in float32 (Zhang & Sennrich 2019), torch's one fused op; Gemma's (1 + w) is
+    folded into w at load."""
+    return F.rms_norm(x.float(), (x.shape[-1],), w, eps)
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), -1)
+def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x * cos + rotate_half(x) * sin`` in three ops: ``sin`` holds the sign of rotate_half
+    (``[-sin, sin]``), so rotate_half becomes a roll."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
 
 class Decoder:
@@ -48,7 +49,9 @@ class Decoder:
         for t, (theta, scaling) in cfg.rope.items():
             freqs = pos[:, None] * rope_inv_freq(cfg.head_dim, theta, scaling)[None, :]
             emb = torch.cat((freqs, freqs), -1)
-            self.rope[t] = (emb.cos(), emb.sin())
+            sin = emb.sin()
+            sin[:, :cfg.head_dim // 2] *= -1                          # rotate_half's sign
+            self.rope[t] = (emb.cos(), sin)
         shape = (slots, cfg.kv_heads, context, cfg.head_dim)
         self.k = [_lazy_zeros(shape, dtype) for _ in range(cfg.layers)]  # static KV cache
         self.v = [_lazy_zeros(shape, dtype) for _ in range(cfg.layers)]
@@ -79,6 +82,8 @@ class Decoder:
             masks["sliding_attention"] = (causal & near)[:, None]              # [B, 1, T, L]
         ropes = {t: (c[qpos][:, None], s[qpos][:, None]) for t, (c, s) in self.rope.items()}
         one = B == 1
+        first = int(slots[0])
+        run = (first, first + B) if not one and torch.equal(slots, torch.arange(first, first + B)) else None
         for i, p in enumerate(self.layers):
             kind = cfg.layer_types[i]
             h = rms_norm(x, p["attn_norm"], cfg.eps).to(self.dtype).reshape(B * T, -1)
@@ -93,21 +98,27 @@ class Decoder:
                 q = rms_norm(q, p["attn_q_norm"], cfg.eps)
                 k = rms_norm(k, p["attn_k_norm"], cfg.eps)
             cos, sin = ropes[kind]                                             # [B, 1, T, hd]
-            q, k, v = q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2)
-            q = (q * cos + rotate_half(q) * sin).to(self.dtype)                # [B, H, T, hd]
-            k = (k * cos + rotate_half(k) * sin).to(self.dtype)                # [B, KV, T, hd]
+            q = rope(q.transpose(1, 2).float(), cos, sin).to(self.dtype)       # [B, H, T, hd]
+            k = rope(k.transpose(1, 2).float(), cos, sin).to(self.dtype)       # [B, KV, T, hd]
+            v = v.transpose(1, 2).to(self.dtype)
             kc, vc = self.k[i], self.v[i]
+            mask = masks[kind]
             if one:
-                s0 = int(start[0])
-                kc[int(slots[0]), :, s0:s0 + T] = k[0]
-                vc[int(slots[0]), :, s0:s0 + T] = v[0].to(self.dtype)
-                sl = int(slots[0])
-                K, V = kc[sl:sl + 1, :, :L], vc[sl:sl + 1, :, :L]
+                s0, sl = int(start[0]), int(slots[0])
+                kc[sl, :, s0:s0 + T] = k[0]
+                vc[sl, :, s0:s0 + T] = v[0]
+                # one new token sees every cached key (or the window's): no mask to build or apply
+                lo = max(0, L - cfg.sliding_window) if kind == "sliding_attention" and T == 1 else 0
+                K, V = kc[sl:sl + 1, :, lo:L], vc[sl:sl + 1, :, lo:L]
+                mask = None if T == 1 else mask
             else:  # T == 1: each sequence writes its own position
                 kc[slots, :, start] = k[:, :, 0]
-                vc[slots, :, start] = v[:, :, 0].to(self.dtype)
-                K, V = kc[slots, :, :L], vc[slots, :, :L]                      # [B, KV, L, hd]
-            o = F.scaled_dot_product_attention(q, K, V, attn_mask=masks[kind], scale=cfg.attn_scale,
+                vc[slots, :, start] = v[:, :, 0]
+                if run is not None:  # consecutive slots: a view, not a copy of their caches
+                    K, V = kc[run[0]:run[1], :, :L], vc[run[0]:run[1], :, :L]
+                else:
+                    K, V = kc[slots, :, :L], vc[slots, :, :L]                  # [B, KV, L, hd]
+            o = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, scale=cfg.attn_scale,
                                                enable_gqa=cfg.heads != cfg.kv_heads)
             o = _lin(p, "attn_output", o.transpose(1, 2).reshape(B * T, -1)).view(B, T, -1)
             if cfg.family.sandwich:

@@ -109,9 +109,9 @@ class FastRunner(Runner):
     def _fill(self, slot: int, ids: list[int], start: int, stop: int) -> None:
         """``ids[start:stop]`` into the cache, no logits. Under ``PREFILL_ROWS`` rows a chunk runs
         on the int kernels, from there on through dequantize + GEMM, whose cost is mostly the
-        dequantizing (smollm2, 2 threads, quiet machine: 15 rows 52 ms, 16 rows 295 ms, 64 rows
-        289 ms, 256 rows 444 ms); so a short run goes in chunks of ``PREFILL_ROWS - 1`` and only
-        a long one (>= 8 such chunks) in chunks of ``num_batch``."""
+        dequantizing (the crossovers per form are measured by bench/bench_kernels.py); so a short
+        run goes in chunks of ``PREFILL_ROWS - 1`` and only a long one (>= 8 such chunks) in
+        chunks of ``num_batch``."""
         rows = self.num_batch if stop - start >= 8 * PREFILL_ROWS else min(self.num_batch, PREFILL_ROWS - 1)
         for i in range(start, stop, rows):
             chunk = ids[i:min(i + rows, stop)]

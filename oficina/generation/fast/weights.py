@@ -35,7 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 GROUP = 32
-PREFILL_ROWS = 16  # from this many input rows on, dequantize + GEMM beats the int kernels
+# From this many input rows on, dequantize + bf16 GEMM beats the int kernels (measured per form,
+# bench/bench_kernels.py: the int kernels' time grows ~linearly with the rows, the dequantize is
+# a fixed cost per weight and the GEMM nearly free on AMX).
+INT4_DENSE_ROWS = 112
+INT8_DENSE_ROWS = 48
+PREFILL_ROWS = min(INT4_DENSE_ROWS, INT8_DENSE_ROWS)  # under this many rows every form runs its int kernel
 
 
 class Form:
@@ -102,12 +107,12 @@ class Int8(Form):
         return cls(q, scale.to(torch.bfloat16))
 
     def __call__(self, x: Tensor) -> Tensor:
-        if x.shape[0] >= PREFILL_ROWS:
+        if x.shape[0] >= INT8_DENSE_ROWS:
             return F.linear(x, self.dequantize(x.dtype))
         return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale.to(x.dtype))
 
     def dequantize(self, dtype=torch.bfloat16) -> Tensor:
-        return self.q.to(dtype) * self.scale.to(dtype)[:, None]
+        return torch.mul(self.q, self.scale.to(dtype)[:, None])
 
     def tensors(self):
         return {"q": self.q, "scale": self.scale}
@@ -123,30 +128,46 @@ class Int4(Form):
 
     def __init__(self, packed: Tensor, nibbles: Tensor, sz: Tensor):
         self.packed = packed            # torch's CPU int4 tile layout (opaque), [N, K/2] uint8
-        self.nibbles = nibbles          # [N, K/2] uint8: code 2i in the low, 2i+1 in the high half
+        self.nibbles = nibbles          # [N/2, K] uint8: code (n, k) low, code (n + N/2, k) high
         self.sz = sz.contiguous()       # [K/32, N, 2] bf16: scale, zero
-        self.shape = (nibbles.shape[0], nibbles.shape[1] * 2)
+        self.shape = (nibbles.shape[0] * 2, nibbles.shape[1])
 
     @classmethod
     def from_codes(cls, q: Tensor, scale: Tensor, zero: Tensor) -> Int4:
-        """``q [N, K]`` codes 0..15, ``scale, zero [N, K/32]`` float32: w = (q-8)*scale + zero."""
+        """``q [N, K]`` codes 0..15 (N even), ``scale, zero [N, K/32]`` float32:
+        w = (q-8)*scale + zero."""
         q = q.to(torch.uint8)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 2)
-        nibbles = q[:, 0::2] | (q[:, 1::2] << 4)
+        h = q.shape[0] // 2
         sz = torch.stack([scale, zero], -1).transpose(0, 1).to(torch.bfloat16)
-        return cls(packed, nibbles.contiguous(), sz)
+        return cls(packed, (q[:h] | (q[h:] << 4)).contiguous(), sz)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if x.shape[0] >= PREFILL_ROWS or x.dtype != torch.bfloat16:
+        if x.shape[0] >= INT4_DENSE_ROWS or x.dtype != torch.bfloat16:
             return F.linear(x, self.dequantize(x.dtype))
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.sz)
 
+    def codes(self, lo: int = 0, hi: int | None = None) -> Tensor:
+        """``q - 8`` as int8 for the rows ``lo:hi`` and ``N/2 + lo:N/2 + hi`` (all rows by
+        default), ``[2, hi - lo, K]``. The two nibbles of a byte are a whole block of rows apart,
+        so the unpacking is a few contiguous int32 passes (4 codes a lane), not byte-wise ops."""
+        v = self.nibbles[lo:hi]
+        rows, k = v.shape
+        v = v.reshape(-1).view(torch.int32)
+        out = torch.empty(2, v.numel(), dtype=torch.int32)
+        torch.bitwise_and(v, 0x0F0F0F0F, out=out[0])
+        torch.bitwise_right_shift(v, 4, out=out[1])
+        out[1] &= 0x0F0F0F0F
+        out += 0x78787878                 # per byte: q + 120 (no carry: q + 120 <= 135)
+        out ^= -0x7F7F7F80                # flip each byte's top bit: q + 120 - 128 = q - 8
+        return out.view(torch.int8).view(2, rows, k)
+
     def dequantize(self, dtype=torch.bfloat16) -> Tensor:
         n, k = self.shape
-        q = torch.stack([self.nibbles & 15, self.nibbles >> 4], -1).reshape(n, k // GROUP, GROUP)
-        scale, zero = self.sz[..., 0].t(), self.sz[..., 1].t()                # [N, K/32]
-        w = (q.to(dtype) - 8) * scale.to(dtype)[..., None] + zero.to(dtype)[..., None]
-        return w.reshape(n, k)
+        scale = self.sz[..., 0].t().to(dtype).contiguous()[..., None]          # [N, K/32, 1]
+        zero = self.sz[..., 1].t().to(dtype).contiguous()[..., None]
+        w = self.codes().view(n, k // GROUP, GROUP).to(dtype)
+        return w.mul_(scale).add_(zero).view(n, k)
 
     def tensors(self):
         return {"packed": self.packed, "nibbles": self.nibbles, "sz": self.sz}
@@ -178,7 +199,7 @@ class Int4Pair(Form):
                                    torch.cat([torch.zeros_like(d), 8 * d + m], 1)))
 
     def __call__(self, x: Tensor) -> Tensor:
-        if x.shape[0] >= PREFILL_ROWS or x.dtype != torch.bfloat16:
+        if x.shape[0] >= INT4_DENSE_ROWS or x.dtype != torch.bfloat16:
             return F.linear(x, self.dequantize(x.dtype))
         return self.inner(torch.cat([x, x], -1))
 
@@ -208,10 +229,9 @@ def fuse(forms: list[Form]) -> Form | None:
         return Int8(torch.cat([f.q for f in forms]), torch.cat([f.scale for f in forms]))
     if kind == "int4pair":
         return Int4Pair(fuse([f.inner for f in forms]))
-    nib = torch.cat([f.nibbles for f in forms])
-    codes = torch.stack([nib & 15, nib >> 4], -1).reshape(nib.shape[0], -1)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
-    return Int4(packed, nib, torch.cat([f.sz for f in forms], 1))
+    q = torch.cat([f.codes().reshape(f.shape) for f in forms]).to(torch.int32) + 8
+    sz = torch.cat([f.sz for f in forms], 1)
+    return Int4.from_codes(q, sz[..., 0].t().float(), sz[..., 1].t().float())
 
 
 # -- GGUF tensors -> forms ----------------------------------------------------------------------
@@ -285,7 +305,7 @@ def from_gguf(tensor, dtype: torch.dtype, perm: Tensor | None = None, chunk: int
     k, n = int(tensor.shape[0]), int(tensor.shape[1])
     kind = tensor.tensor_type.name
     data = np.asarray(tensor.data)  # a plain view: numpy's memmap subclass is slow to slice
-    if kind in INT4_READERS and k % GROUP == 0 and dtype == torch.bfloat16:
+    if kind in INT4_READERS and k % GROUP == 0 and n % 2 == 0 and dtype == torch.bfloat16:
         q, scale, zero = INT4_READERS[kind](data, n, k)
         if perm is not None:
             q, scale, zero = q[perm], scale[perm], zero[perm]
