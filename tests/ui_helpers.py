@@ -5,14 +5,12 @@ attempt), a real HTTP server on a free loopback port, and a headless Chromium.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import torch
 
 import tiny
+from servers import Uvicorn, free_port  # noqa: F401  (free_port: test_ui.py)
 
 XSS = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 
@@ -51,35 +49,20 @@ def registry_with_tiny_models(home: Path) -> None:
     pull(reg, str(home.parent / "xss-llama"), name="xss")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """uvicorn in a thread of the test process, on a free loopback port."""
+    """``servers.Uvicorn`` as a ``with`` block: uvicorn in a thread of the test process, on a free
+    loopback port."""
 
     def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = app
 
     def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
+        self._uv = Uvicorn(self.app)
+        self.port, self.url = self._uv.port, self._uv.url
         return self
 
     def __exit__(self, *_):
-        self.server.should_exit = True
-        self.thread.join(10)
+        self._uv.stop(10)
 
 
 def chromium(download_dir: Path):
