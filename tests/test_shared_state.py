@@ -16,7 +16,6 @@ from oficina.generation.session import resolve
 from oficina.registry.registry import Registry
 from oficina.registry.sources import pull
 from oficina.report import Reporter, reporter, reporting
-
 from tiny import build
 
 THREADS = 8
