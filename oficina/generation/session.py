@@ -293,10 +293,10 @@ class Model:
 
     def _run(self, ids: list[int], opts: Options, out: Stream, wrap=None) -> Iterator[str]:
         engine = self.engine
-        if opts.num_thread > 0:
-            torch.set_num_threads(opts.num_thread)
-        engine.runner.num_batch = opts.num_batch
-        with self._my_turn():
+        with self._my_turn():  # the runner's settings are this call's while it generates
+            if opts.num_thread > 0:
+                torch.set_num_threads(opts.num_thread)
+            engine.runner.num_batch = opts.num_batch
             items = engine.stream(ids, opts, keep=self._keep(ids))
             for item in wrap(items) if wrap else items:
                 if isinstance(item, Stats):
