@@ -43,7 +43,7 @@ HF_GLOBAL = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "ou
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
 BIASES = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
-CACHE_VERSION = 5  # 4 is s4-engine-speed's layout: distinct numbers, so neither reads the other's cache
+CACHE_VERSION = 6  # the int4 layout of rows a block apart (v4) plus the int4pair form (v5)
 FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate", "ffn_up")}
 
 
