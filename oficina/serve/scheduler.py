@@ -33,7 +33,6 @@ from ..errors import OficinaError
 from ..generation.runner import Runner, SlotsFull
 from .sequence import Finished, Sequence
 
-
 # Prompt chunks prefilled per step while others decode: the knob between a new request's time
 # to first token (more) and the running streams' inter-token time (fewer).
 PREFILL_CHUNKS = 1
