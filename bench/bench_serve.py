@@ -139,8 +139,10 @@ def main() -> None:
     procs = []
     try:
         p1 = free_port()
+        # --no-cache: the levels repeat prompts at temperature 0, which the response cache would
+        # replay instead of decoding (llama-cpp-python's server has no such cache)
         ofc = subprocess.Popen([sys.executable, "-m", "oficina", "serve", "--port", str(p1), "--slots", str(args.slots),
-                                "--max-queue", "64"], env=env, stdout=subprocess.DEVNULL, stderr=log("oficina"))
+                                "--max-queue", "64", "--no-cache"], env=env, stdout=subprocess.DEVNULL, stderr=log("oficina"))
         procs.append(ofc)
         servers = [("oficina serve", f"http://127.0.0.1:{p1}/v1", "smollm2")]
         wait_up(f"http://127.0.0.1:{p1}/api/version", ofc)

@@ -212,17 +212,18 @@ class Scheduler:
         """Prefill the oldest admitted prompts: up to ``prefill_chunks`` chunks of
         ``capabilities.chunk`` tokens while sequences decode (a step then costs at most a decode
         and those chunks, so the streams' inter-token time stays bounded), the oldest prompt
-        whole when none does (nothing to stall). Chunks start at the prompt's own first uncached
-        token, never where another prompt's chunk ended, so the cache a prompt gets (and the
-        greedy answer, since attention over chunks of other lengths rounds differently) does not
-        depend on what else is running."""
+        whole when none does (nothing to stall). Chunk edges sit at multiples of the chunk
+        length (as the runner's own split), never where another prompt's chunk or a reused
+        prefix ended, so the cache a prompt gets (and the greedy answer, since attention over
+        chunks of other lengths rounds differently) does not depend on what else is running."""
         for _ in range(self.prefill_chunks if decoding else 1):
             if not self._filled:
                 return
             slot, done = next(iter(self._filled.items()))
             job, seq = self._live[slot]
             total = len(seq.prompt)
-            stop = min(total, done + self.runner.capabilities.chunk) if decoding else total
+            chunk = self.runner.capabilities.chunk   # edges at its multiples, as the runner's own
+            stop = min(total, (done // chunk + 1) * chunk) if decoding else total
             try:
                 if stop < total:
                     self.runner.fill(slot, seq.prompt[:stop], done)

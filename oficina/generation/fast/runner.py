@@ -113,10 +113,12 @@ class FastRunner(Runner):
         run goes in chunks of ``PREFILL_ROWS - 1`` and only a long one (>= 8 such chunks) in
         chunks of ``num_batch``."""
         rows = self.num_batch if stop - start >= 8 * PREFILL_ROWS else min(self.num_batch, PREFILL_ROWS - 1)
-        for i in range(start, stop, rows):
-            chunk = ids[i:min(i + rows, stop)]
+        i = start
+        while i < stop:      # chunk edges at multiples of `rows`: the same wherever a reused prefix ended
+            chunk = ids[i:min((i // rows + 1) * rows, stop)]
             self.dec.forward(torch.tensor([chunk]), torch.tensor([slot]), torch.tensor([i]), logits=False)
             self._ids[slot].extend(chunk)
+            i += len(chunk)
 
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> Tensor:
         start = [len(self._ids[s]) for s in slots]
