@@ -5,6 +5,7 @@ and RAG call it here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
             loaded = _lazy(snap, entry.manifest.format, cache, label=entry.ref)
         base = Options.from_mapping(entry.manifest.params)
         model = Model(loaded, entry, base.merged(options), cache=cache)
+        model.home = reg.home
     model.load_seconds = time.perf_counter() - t0
     return model
 
@@ -142,6 +144,7 @@ class Model:
         self.template: str | None = m.template if m else None
         self.messages: list[Message] = list(m.messages) if m else []
         self.last_stats: Stats | None = None
+        self.home: Path | None = None  # the registry's home (where a bound collection is found)
         self.last_verdicts: list = []  # guard verdicts of the last call that flagged or redacted
         self.load_seconds = 0.0      # reported once, with the first answer (Ollama's load_duration)
         self.cache = cache
@@ -248,6 +251,10 @@ class Model:
         """Generate for one prompt, yielding text as it is decided. The chat template is applied
         unless ``raw`` (as in Ollama's /api/generate)."""
         opts = self.options.merged(options)
+        if opts.rag and not raw:  # a model bound to a collection: the prompt is the question
+            msgs = ([{"role": "system", "content": system}] if system else []) + \
+                [{"role": "user", "content": prompt}]
+            return self.chat_stream(msgs, **options)
         if opts.guard:
             return self._guarded(prompt, opts, lambda p: self._prompt_ids(p, raw, system))
         ids = self._prompt_ids(prompt, raw, system)
@@ -260,6 +267,14 @@ class Model:
     def chat_stream(self, messages: Sequence[Message], **options: Any) -> Iterator[str]:
         opts = self.options.merged(options)
         msgs = _check_messages(messages)
+        if opts.rag:  # bound to a collection (PARAMETER rag): answer from its documents
+            from ..rag.bound import IDK, bind  # layer 4, called back like the guards' stream below
+
+            p = bind(self.home, opts.rag, msgs)
+            if p.below_threshold:  # nothing retrieved is close enough: the model is not asked
+                self.last_stats = Stats(done_reason="stop")
+                return iter([IDK])
+            msgs, opts = p.messages, dataclasses.replace(opts, rag=())
         if opts.guard and msgs and msgs[-1]["role"] == "user":
             return self._guarded(msgs[-1]["content"], opts, lambda p: self.encode_chat(
                 msgs[:-1] + [{"role": "user", "content": p}]))

@@ -29,6 +29,7 @@ from ..errors import (
     RegistryError,
 )
 from ..ui import routes as ui_routes
+from . import rag_routes
 from .auth import PUBLIC, Denied, Key, Policy
 from .compat import ollama, openai
 from .native import BadRequest, Server
@@ -79,6 +80,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/chat", ollama.chat, "inference", ollama),
     Route("POST", "/api/embed", ollama.embed, "inference", ollama),
     Route("POST", "/api/embeddings", ollama.embeddings, "inference", ollama),
+    Route("POST", "/api/rag/ask", rag_routes.ask, "inference", ollama),
     Route("GET", "/api/tags", ollama.tags, "read", ollama),
     Route("POST", "/api/show", ollama.show, "read", ollama),
     Route("GET", "/api/ps", ollama.ps, "read", ollama),

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import OficinaError
 from ..generation.decoding import Decoding
 from ..options import Options
@@ -253,6 +251,15 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
             opts = served.model.options.merged({**params, **(req.options or {})})
         except OficinaError as e:
             raise BadRequest(str(e)) from None
+        if opts.rag:  # a model bound to a collection: the question goes through it (oficina/rag)
+            from .rag_routes import bind_request  # (it imports this module)
+
+            req, idk = await asyncio.to_thread(bind_request, server, req, opts)
+            if idk is not None:  # nothing retrieved is close enough: the model is not asked
+                yield Delta(idk)
+                yield Result(served.name, idk, "stop", 0, 0, load_seconds,
+                             total_seconds=time.monotonic() - t0)
+                return
         if opts.guard:  # guards (oficina/safety) on the user's text before anything is decoded
             req, verdict = await asyncio.to_thread(_guard_input, req, opts)
             if verdict is not None:
@@ -475,23 +482,16 @@ async def embed(server: Server, model: str, inputs: list[str], truncate: bool = 
 
 
 def _embed_sync(served: Served, inputs: list[str], truncate: bool, normalize: bool):
-    from ..inspect.embed import embed as embed_one
+    """Through the RAG encoder (``rag/embed.py``): batched, the model's own pooling and window,
+    the same vectors as ``oficina embed`` and a collection's index."""
+    from ..rag.embed import DTYPES, Encoder
 
-    model = served.model
-    limit = model.info.context_length or 512
-    out, count = [], 0
     with served.lock:
-        for text in inputs:
-            ids = model.encode(text)
-            if len(ids) > limit:
-                if not truncate:
-                    raise BadRequest(f"input has {len(ids)} tokens, more than the model's context of {limit}; "
-                                     f"send truncate=true to cut it")
-                text = model.tokenizer.decode(ids[:limit], skip_special_tokens=True)
-            e = embed_one(model, text)
-            v = e.sentence
-            if normalize:
-                v = torch.nn.functional.normalize(v, dim=0)
-            out.append(v.tolist())
-            count += min(len(ids), limit)
-    return out, count
+        dtype = next(served.model.torch_model.parameters()).dtype  # as loaded: no copy, no cast
+        enc = Encoder(served.model, next((k for k, v in DTYPES.items() if v == dtype), "fp32"))
+        counts = [len(enc.tokenizer(t)["input_ids"]) for t in inputs]  # special tokens included
+        if not truncate and any(c > enc.info.window for c in counts):
+            raise BadRequest(f"input has {max(counts)} tokens, more than the model's window of "
+                             f"{enc.info.window}; send truncate=true to cut it")
+        vectors = enc.encode(inputs, unit=normalize)
+    return vectors.tolist(), sum(min(c, enc.info.window) for c in counts)
