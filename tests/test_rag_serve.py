@@ -81,7 +81,7 @@ def test_rag_ask_route_streams_then_gives_sources(tiny_srv):
 
 
 def test_modelfile_rag_binds_a_model_and_round_trips(tiny_srv, tmp_path):
-    s, reg = tiny_srv
+    _, reg = tiny_srv
     mf = tmp_path / "Modelfile"
     mf.write_text("FROM tiny\nPARAMETER rag notes\nPARAMETER temperature 0\nPARAMETER num_predict 4\n")
     entry = create(reg, "bot", mf)

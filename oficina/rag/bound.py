@@ -55,7 +55,7 @@ def open_collection(home: Path | str | None, ref: str) -> Collection:
             _OPEN.move_to_end(key)
             return _OPEN[key]
     col = Collection(name, reg, entry.version)
-    col.encoder  # loaded now: the registry's SQLite connection is only usable in this thread
+    _ = col.encoder  # loaded now: the registry's SQLite connection is only usable in this thread
     with _LOCK:
         _OPEN[key] = col
         while len(_OPEN) > KEEP:
