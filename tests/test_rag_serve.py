@@ -109,7 +109,7 @@ def real_srv(real_registry, tmp_path_factory):
 
     reg = Registry(tmp_path_factory.mktemp("home"))
     for name in ("minilm", "smollm2"):
-        import_path(reg, real_registry.snapshot(real_registry.find(name)), name)
+        import_path(reg, real_registry.snapshot(real_registry.find(name)), name, root=real_registry.home)
     C.create("glass", C.CollectionConfig("minilm"), reg)
     C.ingest("glass", [DATA / "docs"], registry=reg)
     mf = tmp_path_factory.mktemp("mf") / "Modelfile"
