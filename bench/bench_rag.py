@@ -166,10 +166,11 @@ def bench_quality(args) -> None:
                   f"({sum(q.answerable for q in qs)} answerable questions); load {load()}")
         if args.answers:
             ans = [q for q in qs if q.answerable][: args.answers]
-            una = [q for q in qs if not q.answerable][: max(1, args.answers // 4)]
+            una = [q for q in qs if not q.answerable][: max(1, args.answers // 8)]
             models = {"smollm2": oficina.load("smollm2", registry=real)}
             for retrieval in (True, False):
-                s = E.Setting("glass", args.k, model="smollm2", retrieval=retrieval)
+                s = E.Setting("glass", args.k, not args.vector_only, model="smollm2",
+                              retrieval=retrieval)
                 t = time.perf_counter()
                 r = E.run(s, ans + una, reg, models, encoder=enc, num_predict=40)
                 m = r.metrics
@@ -199,7 +200,8 @@ def main() -> None:
     s.set_defaults(func=bench_search)
     s = sub.add_parser("quality")
     s.add_argument("--answers", type=int, default=0, help="answer this many questions with smollm2")
-    s.add_argument("--k", type=int, default=2)
+    s.add_argument("--k", type=int, default=4)
+    s.add_argument("--vector-only", action="store_true", help="no BM25 fusion (default: hybrid)")
     s.set_defaults(func=bench_quality)
     args = p.parse_args()
     from oficina.report import Reporter, set_reporter

@@ -12,6 +12,7 @@ Re-exports only; the code lives in ``generation/session.py``, ``safety/`` and ``
 module below the CLI imports this one.
 """
 
+from . import rag  # noqa: F401  (retrieval; models bound to a collection answer through it)
 from .generation.result import Reply, Stream  # noqa: F401  (what generate/chat and stream return)
 from .generation.session import END_OF_TURN, Message, Model, load, resolve  # noqa: F401
 from .prompts import PromptStore  # noqa: F401  (the prompt library)

@@ -124,6 +124,13 @@ def _create(reg: Registry, name: str, mf: Modelfile, modelfile: Path, quantize: 
 
             for spec in manifest.params["guard"]:
                 parse_spec(spec)
+        if manifest.params.get("rag"):  # the collection must exist, and be one (oficina/rag)
+            from .rag.bound import check_ref
+
+            try:
+                check_ref(reg, manifest.params["rag"])
+            except OficinaError as e:
+                raise _at(mf, "PARAMETER", -1, e) from None
     if mf.template is not None:
         manifest.template = mf.template
     if mf.system is not None:

@@ -91,6 +91,11 @@ PARAMS: tuple[Param, ...] = (
     Param("guard", list, (), None, "text",
           "check the prompt and the answer with this guard (repeatable): pii, content, "
           "rules=FILE, classifier=MODEL, grounding"),
+    # Not an Ollama parameter either: a model bound to a collection (oficina/rag) answers every
+    # question through it (retrieve, the documents in the prompt, checked citations). A list so
+    # that "no collection" is the empty default; more than one is refused where it is used.
+    Param("rag", list, (), None, "text",
+          "answer from this collection (oficina rag): NAME or NAME@VERSION"),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
@@ -150,6 +155,7 @@ class Options:
     num_thread: int = 0
     num_batch: int = 512
     guard: tuple[str, ...] = field(default_factory=tuple)
+    rag: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         for p in PARAMS:

@@ -17,7 +17,8 @@ def test_every_issue_parameter_is_in_the_one_table():
     wanted = {"temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
               "presence_penalty", "frequency_penalty", "num_predict", "num_ctx", "seed", "stop",
               "num_thread", "num_batch",  # issue 12: Ollama's runtime options
-              "guard"}  # guard: oficina's filters (issue 16), a per-request setting like stop
+              "guard",  # guard: oficina's filters (issue 16), a per-request setting like stop
+              "rag"}  # rag: answer from a collection (issue 15), a Modelfile binding
     assert set(NAMES) == wanted
     assert [p.name for p in PARAMS] == list(Options.__dataclass_fields__)
 

@@ -226,9 +226,10 @@ def test_killed_ingest_leaves_the_previous_version(encoder_home, tmp_path):
     proc.wait()
     col = Collection("c", reg)  # checks index.ntotal == chunks in the store
     assert col.entry.version == 1 and len(col) == 0
-    rep = C.ingest("c", [_docs(tmp_path / "docs")], registry=reg)  # and the next one cleans up
-    assert rep.version == 2 and not any(tmp.iterdir())
+    rep = C.ingest("c", [big, _docs(tmp_path / "docs")], registry=reg)  # the rerun completes
+    assert rep.version == 2 and len(rep.added) == 3003 and not any(tmp.iterdir())  # and cleans up
     col = Collection("c", reg)
+    assert len(col) == rep.chunks == col.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
     ids = C.store.vectors(col.db, col.config.dim)[0]
     np.testing.assert_array_equal(np.sort(col.index.id_map_array() if hasattr(col.index, "id_map_array")
                                           else C.index._faiss().vector_to_array(col.index.id_map)), ids)

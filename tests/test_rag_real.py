@@ -32,23 +32,26 @@ def shipped(real_registry, tmp_path_factory):
     return reg, enc
 
 
-# k=1: smollm2 (135M) mixes up facts across blocks when given two workshops' records (seen:
-# "Who founded the Brisko workshop?" answered with the Nolley founder at k=2); what is tested
-# here is the pipeline with a real model, not the model's reading at k>1 (bench_rag measures that).
+# The three questions were chosen before this test could pass (by the session that wrote it, one
+# per kind of fact: founder, kiln, colour; two of them then failed as expected failures), and
+# kept unchanged after the prompt was reworked: smollm2 now sees the one sentence of the
+# retrieved chunks nearest the question (rag/focus.py), in the block numbered [1]. The kiln
+# question still fails: the block shown is the right one ("Its glass is melted in a coal-fired
+# bottle kiln."), but smollm2 answers "a glass-melting kiln" (also with the sentence rewritten
+# as "The Lumsdale workshop's glass is melted in ..."); kiln questions are its weakest kind.
 @pytest.mark.parametrize("question", [
     "Who founded the Brisko workshop?",
-    "What kind of kiln does the Lumsdale workshop use?",
+    pytest.param("What kind of kiln does the Lumsdale workshop use?", marks=pytest.mark.xfail(
+        reason="smollm2 (135M) paraphrases 'melted in a coal-fired bottle kiln' as 'a "
+               "glass-melting kiln' though the right sentence is block [1]", strict=False)),
     "What colour of lantern glass is the Emberly workshop known for?",
 ])
 def test_smollm2_answers_with_correct_citations(shipped, smollm2, question):
     reg, enc = shipped
     q = QUESTIONS[question]
-    a = ask(Collection("glass", reg, encoder=enc), question, smollm2, k=1, hybrid=True, num_predict=32)
-    assert E.relevant(a.hits[0], q) and not a.removed_citations
-    if not E.contains(a.answer, q.answer):
-        # Seen on this machine: "The Brisko workshop was founded by Kessany Valley Glass
-        # Registry." (the record's boilerplate); "The Lumsdale workshop uses a traditional kiln".
-        pytest.xfail(f"smollm2 (135M) did not read the answer from the right chunk: {a.answer!r}")
+    a = ask(Collection("glass", reg, encoder=enc), question, smollm2, k=4, hybrid=True, num_predict=32)
+    assert any(E.relevant(h, q) for h in a.hits) and not a.removed_citations
+    assert E.contains(a.answer, q.answer), a.answer
     cited = a.citations + a.attributed
     assert cited and all(E.relevant(a.hits[n - 1], q) for n in cited), (cited, a.answer)
 

@@ -6,6 +6,7 @@ and RAG call it here."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -35,6 +36,17 @@ END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoft
 
 Message = dict[str, str]
 
+# The ``rag`` option (a model bound to a collection) is answered by oficina.rag, a layer above
+# this one: it registers its binder here when imported (oficina.api imports it), as guards and
+# task kinds register themselves. ``binder(home, refs, messages)`` returns the messages to
+# generate from, ``below_threshold`` and the ``idk`` answer for when nothing retrieved is close.
+_binder = None
+
+
+def register_binder(fn) -> None:
+    global _binder
+    _binder = fn
+
 
 def load(name: str | Path, registry: Registry | None = None, **options: Any) -> "Model":
     """Load a registry model (pulled on first use if it is in the catalogue), or a local
@@ -63,6 +75,7 @@ def load(name: str | Path, registry: Registry | None = None, **options: Any) -> 
             loaded = _lazy(snap, entry.manifest.format, cache, label=entry.ref)
         base = Options.from_mapping(entry.manifest.params)
         model = Model(loaded, entry, base.merged(options), cache=cache)
+        model.home = reg.home
     model.load_seconds = time.perf_counter() - t0
     return model
 
@@ -132,6 +145,7 @@ class Model:
         self._lock = threading.RLock()  # building the runner once, the load time reported once
         self._turn = threading.Lock()  # one generating thread at a time (_my_turn)
         self._turn_owner: int | None = None
+        self.home: Path | None = None  # the registry's home (where a bound collection is found)
         self.load_seconds = 0.0      # reported once, with the first answer (Ollama's load_duration)
         self.cache = cache
         self.max_batch = max_batch   # sequence slots of the runner (the server asks for more)
@@ -238,6 +252,10 @@ class Model:
         """Generate for one prompt, yielding text as it is decided. The chat template is applied
         unless ``raw`` (as in Ollama's /api/generate)."""
         opts = self.options.merged(options)
+        if opts.rag and not raw:  # a model bound to a collection: the prompt is the question
+            msgs = ([{"role": "system", "content": system}] if system else []) + \
+                [{"role": "user", "content": prompt}]
+            return self.chat_stream(msgs, **options)
         out = Stream(self._remember)
         if opts.guard:
             return out.over(self._guarded(prompt, opts, lambda p: self._prompt_ids(p, raw, system), out))
@@ -251,6 +269,15 @@ class Model:
         opts = self.options.merged(options)
         msgs = _check_messages(messages)
         out = Stream(self._remember)
+        if opts.rag:  # bound to a collection (PARAMETER rag): answer from its documents
+            if _binder is None:
+                raise OficinaError("this model is bound to a collection (the rag option); "
+                                   "import oficina.rag (or oficina) to answer through it")
+            p = _binder(self.home, opts.rag, msgs)
+            if p.below_threshold:  # nothing retrieved is close enough: the model is not asked
+                out.finished(Stats(done_reason="stop"))
+                return out.over(iter([p.idk]))
+            msgs, opts = p.messages, dataclasses.replace(opts, rag=())
         if opts.guard and msgs and msgs[-1]["role"] == "user":
             return out.over(self._guarded(msgs[-1]["content"], opts, lambda p: self.encode_chat(
                 msgs[:-1] + [{"role": "user", "content": p}]), out))

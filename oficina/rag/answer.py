@@ -18,9 +18,14 @@ from typing import Any
 
 from ..errors import OficinaError
 from . import guard
+from .focus import focus
 from .retrieve import Collection, Filters, Hit, retrieve
 
 IDK = "I don't know from these documents."
+FOCUS = 1  # sentences of the retrieved chunks shown to the model (None: whole chunks)
+# greedy (an answer from documents should not be creative) and short: the answer is a phrase,
+# and a small model that goes on only drifts away from the documents
+DEFAULTS = {"temperature": 0, "num_predict": 64}
 THRESHOLD = 0.30  # MiniLM cosine; below it nothing retrieved is about the question (see rag eval)
 
 # A worked example in the instruction: 135M-parameter models copy a shown format far more
@@ -72,12 +77,18 @@ class Answer:
                 "messages": self.messages}
 
 
-def build_messages(question: str, hits: list[Hit], tag: str | None = None) -> list[dict[str, str]]:
+def build_messages(question: str, hits: list[Hit], tag: str | None = None,
+                   focused: list[list[str]] | None = None) -> list[dict[str, str]]:
+    """The chat the model sees. ``focused``: per hit, the sentences to show instead of the whole
+    chunk (``focus.focus``); a hit with none is left out, the others keep their numbers."""
     tag = tag or guard.nonce()
     blocks = []
     for n, h in enumerate(hits, 1):
+        if focused is not None and not focused[n - 1]:
+            continue
+        body = h.text if focused is None else "\n".join(focused[n - 1])
         # the nonce cannot be in the text (it is fresh), but remove it anyway: belt and braces
-        text = guard.neutralise(h.text).replace(tag, "")
+        text = guard.neutralise(body).replace(tag, "")
         head = h.title or h.source.rsplit("/", 1)[-1]
         blocks.append(f"[{n}] <doc {tag}> ({head})\n{text.strip()}\n</doc {tag}>")
     user = (f"Documents (document text is only what stands between <doc {tag}> and </doc {tag}>):"
@@ -130,35 +141,74 @@ def _is_idk(text: str) -> bool:
     return "don't know" in t or "do not know" in t or "not contain" in t
 
 
-def ask(collection: Collection, question: str, model=None, k: int = 4, hybrid: bool = False,
-        rerank: str | None = None, filters: Filters | None = None,
-        threshold: float = THRESHOLD, on_text: Callable[[str], None] | None = None,
-        **options: Any) -> Answer:
-    """Retrieve, ask ``model`` (an ``oficina.load``-ed Model) and check the citations.
-    ``on_text`` receives the answer as it streams. Options are sampling parameters
-    (default temperature 0: an answer from documents should not be creative)."""
+@dataclass
+class Prepared:
+    """Everything before generation: what was retrieved and the messages the model will see
+    (``below_threshold``: the model is not to be asked; the answer is IDK)."""
+
+    question: str
+    hits: list[Hit]
+    sources: list[Source]
+    messages: list[dict[str, str]]
+    below_threshold: bool
+    timings: dict[str, float]
+    idk: str = IDK  # the answer when ``below_threshold``
+
+
+def prepare(collection: Collection, question: str, k: int = 4, hybrid: bool = False,
+            rerank: str | None = None, filters: Filters | None = None,
+            threshold: float = THRESHOLD, focus_sentences: int | None = FOCUS) -> Prepared:
+    """Retrieve and build the prompt (the part of ``ask`` a server or a bound model runs before
+    handing the messages to its own generation)."""
     if not question.strip():
         raise OficinaError("the question is empty")
     r = retrieve(collection, question, k, hybrid, rerank, filters)
     timings = dict(r.seconds)
-    messages = build_messages(question, r.hits)
+    hits, focused = r.hits, None
+    if focus_sentences and hits:
+        t0 = time.perf_counter()
+        hits, focused = focus(collection.encoder, question, hits, focus_sentences)
+        timings["focus"] = time.perf_counter() - t0
+    messages = build_messages(question, hits, focused=focused)
     sources = [Source(n, h.source, h.page, h.section, h.start, h.end, h.score, h.flags)
-               for n, h in enumerate(r.hits, 1)]
-    below = not r.hits or r.best_score < threshold
-    if below or model is None:
-        text = IDK if below else ""
-        if on_text and text:
-            on_text(text)
-        return Answer(question, text, [], [], [], sources, r.hits, below, below, messages, timings)
+               for n, h in enumerate(hits, 1)]
+    below = not hits or r.best_score < threshold
+    return Prepared(question, hits, sources, messages, below, timings)
+
+
+def finish(p: Prepared, text: str) -> Answer:
+    """The model's answer -> checked citations (or IDK when below the threshold)."""
+    if p.below_threshold:
+        return Answer(p.question, IDK, [], [], [], p.sources, p.hits, True, True, p.messages,
+                      p.timings)
+    text, cited, removed = check_citations(text, len(p.hits))
+    idk = _is_idk(text)
+    attributed = [] if cited or idk else attribute(text, p.hits)
+    return Answer(p.question, text, cited, attributed, removed, p.sources, p.hits, idk, False,
+                  p.messages, p.timings)
+
+
+def ask(collection: Collection, question: str, model=None, k: int = 4, hybrid: bool = False,
+        rerank: str | None = None, filters: Filters | None = None,
+        threshold: float = THRESHOLD, focus_sentences: int | None = FOCUS,
+        on_text: Callable[[str], None] | None = None, **options: Any) -> Answer:
+    """Retrieve, ask ``model`` (an ``oficina.load``-ed Model) and check the citations.
+    ``on_text`` receives the answer as it streams. Options are sampling parameters
+    (default temperature 0: an answer from documents should not be creative)."""
+    p = prepare(collection, question, k, hybrid, rerank, filters, threshold, focus_sentences)
+    if model is None and not p.below_threshold:
+        return Answer(question, "", [], [], [], p.sources, p.hits, False, False, p.messages,
+                      p.timings)
+    if p.below_threshold:
+        if on_text:
+            on_text(IDK)
+        return finish(p, IDK)
     t0 = time.perf_counter()
     parts = []
-    for piece in model.chat_stream(messages, **{"temperature": 0, **options}):
+    # rag=(): the documents are in the messages already, even for a model bound to a collection
+    for piece in model.chat_stream(p.messages, **{**DEFAULTS, **options, "rag": ()}):
         parts.append(piece)
         if on_text:
             on_text(piece)
-    timings["generate"] = time.perf_counter() - t0
-    text, cited, removed = check_citations("".join(parts), len(r.hits))
-    idk = _is_idk(text)
-    attributed = [] if cited or idk else attribute(text, r.hits)
-    return Answer(question, text, cited, attributed, removed, sources, r.hits, idk, False,
-                  messages, timings)
+    p.timings["generate"] = time.perf_counter() - t0
+    return finish(p, "".join(parts))

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import FormatError, InvalidOptions, ModelfileError, ModelNotFound, OficinaError, RegistryError
 from ..report import reporter, set_reporter
 from ..ui import routes as ui_routes
+from . import rag_routes
 from .auth import PUBLIC, Denied, Key, Policy
 from .compat import ollama, openai
 from .native import BadRequest, Server
@@ -73,6 +74,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/chat", ollama.chat, "inference", ollama),
     Route("POST", "/api/embed", ollama.embed, "inference", ollama),
     Route("POST", "/api/embeddings", ollama.embeddings, "inference", ollama),
+    Route("POST", "/api/rag/ask", rag_routes.ask, "inference", ollama),
     Route("GET", "/api/tags", ollama.tags, "read", ollama),
     Route("POST", "/api/show", ollama.show, "read", ollama),
     Route("GET", "/api/ps", ollama.ps, "read", ollama),

@@ -20,12 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..errors import OficinaError
 from ..generation.decoding import Decoding
-from ..inspect.embed import embed as embed_one
 from ..options import Options
+from ..rag.embed import DTYPES, Encoder
 from .extras import guard_input, guard_reason, library_prompt, output_guard
 from .pool import Pool, Served
 from .remote import stream
@@ -134,6 +132,15 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
             opts = served.model.options.merged({**params, **(req.options or {})})
         except OficinaError as e:
             raise BadRequest(str(e)) from None
+        if opts.rag:  # a model bound to a collection: the question goes through it (oficina/rag)
+            from .rag_routes import bind_request  # (it imports this module)
+
+            req, idk = await asyncio.to_thread(bind_request, server, req, opts)
+            if idk is not None:  # nothing retrieved is close enough: the model is not asked
+                yield Delta(idk)
+                yield Result(served.name, idk, "stop", 0, 0, load_seconds,
+                             total_seconds=time.monotonic() - t0)
+                return
         if opts.guard:  # guards (oficina/safety) on the user's text before anything is decoded
             req, verdict = await asyncio.to_thread(guard_input, req, opts)
             if verdict is not None:
@@ -299,21 +306,14 @@ async def embed(server: Server, model: str, inputs: list[str], truncate: bool = 
 
 
 def _embed_sync(served: Served, inputs: list[str], truncate: bool, normalize: bool):
-    model = served.model
-    limit = model.info.context_length or 512
-    out, count = [], 0
+    """Through the RAG encoder (``rag/embed.py``): batched, the model's own pooling and window,
+    the same vectors as ``oficina embed`` and a collection's index."""
     with served.lock:
-        for text in inputs:
-            ids = model.encode(text)
-            if len(ids) > limit:
-                if not truncate:
-                    raise BadRequest(f"input has {len(ids)} tokens, more than the model's context of {limit}; "
-                                     f"send truncate=true to cut it")
-                text = model.tokenizer.decode(ids[:limit], skip_special_tokens=True)
-            e = embed_one(model, text)
-            v = e.sentence
-            if normalize:
-                v = torch.nn.functional.normalize(v, dim=0)
-            out.append(v.tolist())
-            count += min(len(ids), limit)
-    return out, count
+        dtype = next(served.model.torch_model.parameters()).dtype  # as loaded: no copy, no cast
+        enc = Encoder(served.model, next((k for k, v in DTYPES.items() if v == dtype), "fp32"))
+        counts = [len(enc.tokenizer(t)["input_ids"]) for t in inputs]  # special tokens included
+        if not truncate and any(c > enc.info.window for c in counts):
+            raise BadRequest(f"input has {max(counts)} tokens, more than the model's window of "
+                             f"{enc.info.window}; send truncate=true to cut it")
+        vectors = enc.encode(inputs, unit=normalize)
+    return vectors.tolist(), sum(min(c, enc.info.window) for c in counts)
