@@ -289,6 +289,15 @@ def embed_files(args) -> None:
         sys.stdout.write(lines)
 
 
+def retrieval_flags(s) -> None:
+    s.add_argument("--k", type=int, default=4, help="chunks to retrieve (default 4)")
+    s.add_argument("--hybrid", action="store_true", help="fuse BM25 with the vector ranks (RRF)")
+    s.add_argument("--rerank", metavar="MODEL", help="re-rank with this registry cross-encoder")
+    s.add_argument("--source", help="only sources matching this glob (e.g. '*.pdf')")
+    s.add_argument("--tag", help="only documents ingested with this tag")
+    s.add_argument("--kind", help="only this document kind (md, html, pdf, txt, jsonl)")
+
+
 def register(sub) -> None:
     rag = sub.add_parser("rag", help="answer from your documents: collections, ingest, ask, eval")
     rs = rag.add_subparsers(dest="rag_command", metavar="COMMAND")
@@ -340,14 +349,11 @@ def register(sub) -> None:
     s.add_argument("kind", choices=("auto", "flat", "hnsw", "ivf"))
     s.set_defaults(func=reindex)
 
-    def retrieval_flags(s):
-        s.add_argument("--k", type=int, default=4, help="chunks to retrieve (default 4)")
-        s.add_argument("--hybrid", action="store_true", help="fuse BM25 with the vector ranks (RRF)")
-        s.add_argument("--rerank", metavar="MODEL", help="re-rank with this registry cross-encoder")
-        s.add_argument("--source", help="only sources matching this glob (e.g. '*.pdf')")
-        s.add_argument("--tag", help="only documents ingested with this tag")
-        s.add_argument("--kind", help="only this document kind (md, html, pdf, txt, jsonl)")
+    _register_questions(rs)
 
+
+def _register_questions(rs) -> None:
+    """search, ask and eval: the commands that put questions to a collection."""
     s = rs.add_parser("search", help="the chunks a question retrieves, with scores")
     s.add_argument("name")
     s.add_argument("question")

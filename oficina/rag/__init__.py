@@ -17,7 +17,7 @@ from typing import Any
 
 from ..generation.session import load
 from ..registry.registry import Registry
-from . import bound, collection  # bound: registers the binder of models bound to a collection
+from . import bound, collection  # noqa: F401  (bound registers the binder of models bound to a collection)
 from .answer import IDK, THRESHOLD, Answer, Source, build_messages, check_citations
 from .answer import ask as do_ask
 from .collection import CollectionConfig, IngestReport, list_collections

@@ -296,14 +296,7 @@ def ingest(name: str, paths: list[str | Path], prune: bool = False, max_bytes: i
                     pending.append(({"source": doc.source, "digest": digest, "kind": doc.kind,
                                      "title": doc.title, "size": len(data), "metadata": meta}, chunks))
         if prune:
-            roots = [str(Path(p).absolute()) for p in paths]
-            for s, (i, _) in known.items():
-                f = s.split("#", 1)[0]
-                gone = not os.path.exists(f) or any(f == r or f.startswith(r.rstrip("/") + "/")
-                                                   for r in roots)
-                if s not in seen and gone:
-                    db.execute("DELETE FROM documents WHERE id=?", (i,))
-                    rep.removed.append(s)
+            _prune(db, known, seen, paths, rep)
         rep.seconds["read"] = time.perf_counter() - t0
         texts = [c.text for _, chunks in pending for c in chunks]
         t1 = time.perf_counter()
@@ -313,21 +306,7 @@ def ingest(name: str, paths: list[str | Path], prune: bool = False, max_bytes: i
                 vecs = encoder.encode(texts, progress=bar.advance)
         rep.seconds["embed"] = time.perf_counter() - t1
         rep.chunks = len(texts)
-        row = 0
-        for doc, chunks in pending:
-            cur = db.execute("INSERT INTO documents (source, digest, kind, title, size, metadata, "
-                             "ingested) VALUES (?,?,?,?,?,?,?)",
-                             (doc["source"], doc["digest"], doc["kind"], doc["title"], doc["size"],
-                              json.dumps(doc["metadata"]), time.time()))
-            for n, c in enumerate(chunks):
-                why = guard.flags(c.text)
-                if why:
-                    rep.flagged.append((doc["source"], n, why))
-                db.execute("INSERT INTO chunks (doc, ord, text, page, section, start, end, tokens, "
-                           "flags, vector) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           (cur.lastrowid, n, c.text, c.page, c.section, c.start, c.end, c.tokens,
-                            ",".join(why), vecs[row].tobytes()))
-                row += 1
+        _insert(db, pending, vecs, rep)
         db.execute("COMMIT")
         if not (rep.added or rep.updated or rep.removed):
             db.close()
@@ -342,6 +321,37 @@ def ingest(name: str, paths: list[str | Path], prune: bool = False, max_bytes: i
         return rep
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _prune(db, known: dict, seen: set[str], paths: list, rep: IngestReport) -> None:
+    """Remove the documents under the ingested paths whose files are gone."""
+    roots = [str(Path(p).absolute()) for p in paths]
+    for s, (i, _) in known.items():
+        f = s.split("#", 1)[0]
+        gone = not os.path.exists(f) or any(f == r or f.startswith(r.rstrip("/") + "/")
+                                           for r in roots)
+        if s not in seen and gone:
+            db.execute("DELETE FROM documents WHERE id=?", (i,))
+            rep.removed.append(s)
+
+
+def _insert(db, pending: list, vecs, rep: IngestReport) -> None:
+    """The new documents and their chunks (text, span, flags, vector) into the store."""
+    row = 0
+    for doc, chunks in pending:
+        cur = db.execute("INSERT INTO documents (source, digest, kind, title, size, metadata, "
+                         "ingested) VALUES (?,?,?,?,?,?,?)",
+                         (doc["source"], doc["digest"], doc["kind"], doc["title"], doc["size"],
+                          json.dumps(doc["metadata"]), time.time()))
+        for n, c in enumerate(chunks):
+            why = guard.flags(c.text)
+            if why:
+                rep.flagged.append((doc["source"], n, why))
+            db.execute("INSERT INTO chunks (doc, ord, text, page, section, start, end, tokens, "
+                       "flags, vector) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (cur.lastrowid, n, c.text, c.page, c.section, c.start, c.end, c.tokens,
+                        ",".join(why), vecs[row].tobytes()))
+            row += 1
 
 
 def _read_limited(path: Path, max_bytes: int) -> bytes:

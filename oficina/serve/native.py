@@ -14,6 +14,7 @@ about HTTP. Two seams for the layers on top (issue "Operate"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -164,69 +165,78 @@ async def generate(server: Server, req: GenerateRequest) -> AsyncIterator[Delta 
                 server.notify(_record(req, served, opts, hit))
                 yield hit
                 return
-        if served.remote:
-            async for ev in _generate_remote(server, served, req, opts, t0):
+        # aclosing: a client that goes away closes this generator, and with it the inner one at
+        # once (its finally frees the scheduler slot), not whenever it is garbage collected
+        inner = (_generate_remote(server, served, req, opts, t0) if served.remote else
+                 _generate_local(server, served, req, opts, ids, load_seconds, t0))
+        async with contextlib.aclosing(inner) as events:
+            async for ev in events:
                 yield ev
-            return
-        compiled = None
-        if req.format is not None:
-            compiled = await asyncio.to_thread(_grammars(served).compile, req.format)
-        model = served.model
-        keep = model._keep(ids)
+    finally:
+        pool.release(served)
 
-        def make(r) -> Sequence:
-            processor = GrammarProcessor(compiled, r.vocab_size) if compiled is not None else None
-            return Sequence(Decoding(opts, model.tokenizer, r.eos_ids, ids, r.context_length, keep,
-                                     processor=processor))
 
-        loop = asyncio.get_running_loop()
-        timeout = server.request_timeout
-        job = Job(make, loop, asyncio.Queue(), deadline=time.monotonic() + timeout if timeout else None)
-        served.scheduler.submit(job)
-        pieces: list[str] = []
-        guarded = output_guard(opts)
-        try:
-            while True:
-                item = await job.out.get()
-                if isinstance(item, Piece):
-                    text, verdict = guarded.feed(item.text) if guarded and item.text else (item.text, None)
-                    if verdict is not None:  # a block ends the stream; the offending text never leaves
-                        result = Result(served.name, "".join(pieces), guard_reason(verdict), len(ids),
-                                        len(pieces), load_seconds, total_seconds=time.monotonic() - t0)
-                        result.pieces = pieces
-                        server.notify(_record(req, served, opts, result))
-                        yield result
-                        return
-                    if text:
-                        pieces.append(text)
-                        yield Delta(text)
-                elif isinstance(item, Failed):
-                    raise item.error
-                elif isinstance(item, Finished):
-                    tail, verdict = item.tail, None
-                    if guarded:
-                        held, verdict = guarded.feed(tail) if tail else ("", None)
-                        if verdict is None:
-                            rest, verdict = guarded.finish()
-                            held += rest
-                        tail = "" if verdict is not None else held
-                    if tail:
-                        pieces.append(tail)
-                        yield Delta(tail)
-                    result = _result(served, item, load_seconds, time.monotonic() - t0, req)
-                    if guarded:  # the client saw the guarded text, not the raw one
-                        result.text = "".join(pieces)
-                        if verdict is not None:
-                            result.done_reason, result.tool_calls = guard_reason(verdict), []
-                    result.pieces, result.token_times = pieces, item.token_times
+async def _generate_local(server: Server, served: Served, req: GenerateRequest, opts: Options,
+                          ids: list[int], load_seconds: float, t0: float) -> AsyncIterator[Delta | Result]:
+    """A loaded model's answer: one job on its scheduler (continuous batching), the grammar of
+    ``format`` compiled off the event loop, guards on the answer as it streams."""
+    compiled = None
+    if req.format is not None:
+        compiled = await asyncio.to_thread(_grammars(served).compile, req.format)
+    model = served.model
+    keep = model._keep(ids)
+
+    def make(r) -> Sequence:
+        processor = GrammarProcessor(compiled, r.vocab_size) if compiled is not None else None
+        return Sequence(Decoding(opts, model.tokenizer, r.eos_ids, ids, r.context_length, keep,
+                                 processor=processor))
+
+    loop = asyncio.get_running_loop()
+    timeout = server.request_timeout
+    job = Job(make, loop, asyncio.Queue(), deadline=time.monotonic() + timeout if timeout else None)
+    served.scheduler.submit(job)
+    pieces: list[str] = []
+    guarded = output_guard(opts)
+    try:
+        while True:
+            item = await job.out.get()
+            if isinstance(item, Piece):
+                text, verdict = guarded.feed(item.text) if guarded and item.text else (item.text, None)
+                if verdict is not None:  # a block ends the stream; the offending text never leaves
+                    result = Result(served.name, "".join(pieces), guard_reason(verdict), len(ids),
+                                    len(pieces), load_seconds, total_seconds=time.monotonic() - t0)
+                    result.pieces = pieces
                     server.notify(_record(req, served, opts, result))
                     yield result
                     return
-        finally:
-            job.cancel()              # no-op when finished; frees the slot on disconnect
-            served.scheduler.wake()
+                if text:
+                    pieces.append(text)
+                    yield Delta(text)
+            elif isinstance(item, Failed):
+                raise item.error
+            elif isinstance(item, Finished):
+                tail, verdict = item.tail, None
+                if guarded:
+                    held, verdict = guarded.feed(tail) if tail else ("", None)
+                    if verdict is None:
+                        rest, verdict = guarded.finish()
+                        held += rest
+                    tail = "" if verdict is not None else held
+                if tail:
+                    pieces.append(tail)
+                    yield Delta(tail)
+                result = _result(served, item, load_seconds, time.monotonic() - t0, req)
+                if guarded:  # the client saw the guarded text, not the raw one
+                    result.text = "".join(pieces)
+                    if verdict is not None:
+                        result.done_reason, result.tool_calls = guard_reason(verdict), []
+                result.pieces, result.token_times = pieces, item.token_times
+                server.notify(_record(req, served, opts, result))
+                yield result
+                return
     finally:
-        pool.release(served)
+        job.cancel()              # no-op when finished; frees the slot on disconnect
+        served.scheduler.wake()
 
 
 async def _generate_remote(server: Server, served: Served, req: GenerateRequest, opts: Options,

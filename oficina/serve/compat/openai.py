@@ -213,6 +213,40 @@ def _requests(call, body: dict, route: str, chat: bool) -> tuple[list[GenerateRe
     return reqs, forced is not None
 
 
+async def _respond_whole(call, reqs: list[GenerateRequest], forced, chat: bool, cid: str,
+                         created: int) -> Response:
+    """The non-streamed answer: every choice gathered, then one JSON object."""
+    model = reqs[0].model
+    obj = "chat.completion" if chat else "text_completion"
+    texts: dict[int, str] = {}
+    results: dict[int, Result] = {}
+
+    async def gather() -> None:
+        async for i, ev in _run_n(call, reqs):
+            if isinstance(ev, Result):
+                results[i] = ev
+
+    await unless_disconnected(call.request, gather())
+    choices = []
+    for i in range(len(reqs)):
+        r = results[i]
+        calls = _tool_calls(r, forced) if chat and reqs[i].tools else []
+        finish = "tool_calls" if calls else FINISH.get(r.done_reason, "stop")
+        if chat:
+            msg: dict[str, Any] = {"role": "assistant", "content": None if calls and forced else r.text}
+            if calls:
+                msg["tool_calls"] = calls
+            choices.append({"index": i, "message": msg, "finish_reason": finish, "logprobs": None})
+        else:
+            choices.append({"index": i, "text": r.text, "finish_reason": finish, "logprobs": None})
+        texts[i] = r.text
+    out = {"id": cid, "object": obj, "created": created, "model": model, "system_fingerprint": "oficina",
+           "choices": choices, "usage": _usage(list(results.values()))}
+    if _truncated(list(results.values())):
+        out["truncated"] = _truncated(list(results.values()))
+    return JSONResponse(out)
+
+
 async def _respond(call, body: dict, route: str, chat: bool) -> Response:
     reqs, forced = _requests(call, body, route, chat)
     stream = field(body, "stream", bool, False)
@@ -221,34 +255,7 @@ async def _respond(call, body: dict, route: str, chat: bool) -> Response:
     model = reqs[0].model
     obj = "chat.completion" if chat else "text_completion"
     if not stream:
-        texts: dict[int, str] = {}
-        results: dict[int, Result] = {}
-
-        async def gather() -> None:
-            async for i, ev in _run_n(call, reqs):
-                if isinstance(ev, Result):
-                    results[i] = ev
-
-        await unless_disconnected(call.request, gather())
-        choices = []
-        for i in range(len(reqs)):
-            r = results[i]
-            calls = _tool_calls(r, forced) if chat and reqs[i].tools else []
-            finish = "tool_calls" if calls else FINISH.get(r.done_reason, "stop")
-            if chat:
-                msg: dict[str, Any] = {"role": "assistant", "content": None if calls and forced else r.text}
-                if calls:
-                    msg["tool_calls"] = calls
-                choices.append({"index": i, "message": msg, "finish_reason": finish, "logprobs": None})
-            else:
-                choices.append({"index": i, "text": r.text, "finish_reason": finish, "logprobs": None})
-            texts[i] = r.text
-        out = {"id": cid, "object": obj, "created": created, "model": model, "system_fingerprint": "oficina",
-               "choices": choices, "usage": _usage(list(results.values()))}
-        if _truncated(list(results.values())):
-            out["truncated"] = _truncated(list(results.values()))
-        return JSONResponse(out)
-
+        return await _respond_whole(call, reqs, forced, chat, cid, created)
     include_usage = bool((field(body, "stream_options", dict, {}) or {}).get("include_usage"))
     events = _run_n(call, reqs)
     try:
