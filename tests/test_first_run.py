@@ -34,7 +34,7 @@ def oficina(*argv, home=None, timeout=600, code="", **env_over):
 
 @pytest.mark.real
 def test_run_on_the_real_model_prints_only_its_own_lines(real_registry):
-    p = oficina("run", "smollm2", "What is the capital of France?", "--temperature", "0",
+    p = oficina("run", "smollm2", "What is the capital of France? Answer in one word.", "--temperature", "0",
                 "--num-predict", "12", "--verbose", home=real_home())
     assert p.returncode == 0, p.stderr
     assert "Paris" in p.stdout
@@ -48,7 +48,7 @@ def test_run_on_the_real_model_prints_only_its_own_lines(real_registry):
 def test_python_api_prints_nothing_but_the_answer(real_registry):
     code = ("import oficina\n"
             f"m = oficina.load('smollm2', registry=oficina.Registry({str(real_home())!r}))\n"
-            "print(m.generate('What is the capital of France?', temperature=0, num_predict=12))\n")
+            "print(m.generate('What is the capital of France? Answer in one word.', temperature=0, num_predict=12))\n")
     p = oficina(code=code)
     assert p.returncode == 0, p.stderr
     assert "Paris" in p.stdout and p.stderr == "", (p.stdout, p.stderr)

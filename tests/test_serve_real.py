@@ -24,16 +24,16 @@ def srv(real_registry):
 
 
 def test_greedy_text_matches_the_python_api(srv, smollm2):
-    want = smollm2.generate("What is the capital of France?", temperature=0, num_predict=24)
-    got = ollama.Client(host=srv.url).generate(model="smollm2", prompt="What is the capital of France?",
+    want = smollm2.generate("What is the capital of France? Answer in one word.", temperature=0, num_predict=24)
+    got = ollama.Client(host=srv.url).generate(model="smollm2", prompt="What is the capital of France? Answer in one word.",
                                                options={"temperature": 0, "num_predict": 24})
     assert got.response == want and "Paris" in got.response
-    again = ollama.Client(host=srv.url).generate(model="smollm2", prompt="What is the capital of France?",
+    again = ollama.Client(host=srv.url).generate(model="smollm2", prompt="What is the capital of France? Answer in one word.",
                                                  options={"temperature": 0, "num_predict": 24})
     assert again.response == want          # the second time the slot's cache holds this prompt
     ai = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
     chat = ai.chat.completions.create(model="smollm2", temperature=0, max_tokens=24,
-                                      messages=[{"role": "user", "content": "What is the capital of France?"}])
+                                      messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}])
     assert chat.choices[0].message.content == want
 
 

@@ -39,7 +39,8 @@ def fast_runner(model, eos) -> FastRunner:
     # the built transformers module is the source when adapters were merged into it, or when it
     # is all there is; a GGUF whose converted folder exists is read from the file (packed) even
     # after something built the module (its first load converts the file that way)
-    if getattr(loaded, "loaded", True) and (adapters or loaded.info.format != "gguf" or loaded.hf_folder is None):
+    if getattr(loaded, "loaded", True) and (adapters or loaded.info.format != "gguf"
+                                           or getattr(loaded, "hf_folder", None) is None):
         module = loaded.model
         if hasattr(module, "peft_model") or hasattr(module, "peft_config"):
             raise Unsupported("prompt/prefix adapters run only in transformers")
