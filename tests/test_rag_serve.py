@@ -14,7 +14,6 @@ import numpy as np
 import ollama
 import openai
 import pytest
-from serve_util import Running, tiny_registry
 
 import oficina
 from oficina.create import create, to_modelfile
@@ -25,6 +24,7 @@ from oficina.rag import evaluate as E
 from oficina.rag.answer import IDK
 from oficina.rag.embed import load_encoder
 from oficina.registry.registry import Registry
+from servers import Running, tiny_registry
 
 DATA = Path(__file__).parent.parent / "oficina" / "data" / "rag"
 
