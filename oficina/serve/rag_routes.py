@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import OficinaError
 from ..rag import answer as A
 from ..rag.bound import bind, open_collection
 from ..rag.retrieve import Collection
 from .compat import field
-from .compat.ollama import _first, _metrics, _now
+from .compat.ollama import _first, _metrics, _now, ndjson
 from .native import BadRequest, Delta, GenerateRequest, Result, generate
 
 
@@ -107,26 +106,17 @@ async def ask(call) -> Response:
             elif isinstance(ev, A.Answer):
                 return JSONResponse(_done(ev, result, model, name))
     first = await _first(events)
+    seen: dict[str, Result] = {}
 
-    async def lines() -> AsyncIterator[bytes]:
-        result = None
-        try:
-            ev = first
-            while ev is not None:
-                if isinstance(ev, Delta) and ev.text:
-                    yield (json.dumps({"model": model, "created_at": _now(), "response": ev.text,
-                                       "done": False}) + "\n").encode()
-                elif isinstance(ev, Result):
-                    result = ev
-                elif isinstance(ev, A.Answer):
-                    if ev.below_threshold:  # the model was not asked: the answer is the one line
-                        yield (json.dumps({"model": model, "created_at": _now(),
-                                           "response": ev.answer, "done": False}) + "\n").encode()
-                    yield (json.dumps(_done(ev, result, model, name)) + "\n").encode()
-                ev = await anext(events, None)
-        except OficinaError as e:
-            yield (json.dumps({"error": str(e)}) + "\n").encode()
-        finally:
-            await events.aclose()
+    def objects(ev) -> list[dict]:
+        if isinstance(ev, Delta) and ev.text:
+            return [{"model": model, "created_at": _now(), "response": ev.text, "done": False}]
+        if isinstance(ev, Result):
+            seen["result"] = ev
+        elif isinstance(ev, A.Answer):
+            idk = [{"model": model, "created_at": _now(), "response": ev.answer, "done": False}]
+            # below the threshold the model was not asked: the answer is the one line
+            return (idk if ev.below_threshold else []) + [_done(ev, seen.get("result"), model, name)]
+        return []
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return ndjson(first, events, objects)

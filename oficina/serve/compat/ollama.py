@@ -10,7 +10,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,13 +89,20 @@ async def _answer(call, req: GenerateRequest, stream: bool, shape) -> Response:
         result = await unless_disconnected(call.request, native.collect(events))
         return JSONResponse(shape(result.text, result))
     first = await _first(events)
+    return ndjson(first, events, lambda ev: [shape(ev.text if isinstance(ev, Delta) else "",
+                                                   ev if isinstance(ev, Result) else None)])
+
+
+def ndjson(first, events, objects: Callable[[Any], list[dict]]) -> StreamingResponse:
+    """NDJSON lines: ``objects(event)`` (zero or more JSON objects) for ``first`` and every event
+    after it. An error after the first line is an error line; the events are always closed."""
 
     async def lines() -> AsyncIterator[bytes]:
         try:
             ev = first
             while ev is not None:
-                text = ev.text if isinstance(ev, Delta) else ""
-                yield (json.dumps(shape(text, ev if isinstance(ev, Result) else None)) + "\n").encode()
+                for obj in objects(ev):
+                    yield (json.dumps(obj) + "\n").encode()
                 ev = await anext(events, None)
         except OficinaError as e:
             yield (json.dumps({"error": str(e)}) + "\n").encode()

@@ -218,7 +218,6 @@ async def _respond_whole(call, reqs: list[GenerateRequest], forced, chat: bool, 
     """The non-streamed answer: every choice gathered, then one JSON object."""
     model = reqs[0].model
     obj = "chat.completion" if chat else "text_completion"
-    texts: dict[int, str] = {}
     results: dict[int, Result] = {}
 
     async def gather() -> None:
@@ -239,7 +238,6 @@ async def _respond_whole(call, reqs: list[GenerateRequest], forced, chat: bool, 
             choices.append({"index": i, "message": msg, "finish_reason": finish, "logprobs": None})
         else:
             choices.append({"index": i, "text": r.text, "finish_reason": finish, "logprobs": None})
-        texts[i] = r.text
     out = {"id": cid, "object": obj, "created": created, "model": model, "system_fingerprint": "oficina",
            "choices": choices, "usage": _usage(list(results.values()))}
     if _truncated(list(results.values())):
