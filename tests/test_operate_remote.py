@@ -37,9 +37,9 @@ def upstream(tmp_path_factory):
     tiny.build("llama", folder)
     import_path(Registry(home), folder, "tiny")
     port = free_port()
-    p = start_upstream(home, port)
-    yield {"home": home, "port": port, "url": f"http://127.0.0.1:{port}", "proc": p}
-    stop(p)
+    up = {"home": home, "port": port, "url": f"http://127.0.0.1:{port}", "proc": start_upstream(home, port)}
+    yield up
+    stop(up["proc"])  # the breaker test starts a new one on the same port: stop that one
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +135,14 @@ def test_a_killed_server_loses_no_answered_request(upstream):
     loses nothing."""
     port = free_port()
     p = start_upstream(upstream["home"], port)
-    log = ConvLog(upstream["home"] / "logs.db")
-    before = log.count()
-    answers = [httpx.post(f"http://127.0.0.1:{port}/api/generate", timeout=60, json={
-        "model": "tiny", "prompt": f"The {w} is", "stream": False, "options": {"num_predict": 4}}).json()["response"]
-        for w in ("cat", "dog", "sun")]
-    p.kill()
-    p.wait()
+    try:
+        log = ConvLog(upstream["home"] / "logs.db")
+        before = log.count()
+        answers = [httpx.post(f"http://127.0.0.1:{port}/api/generate", timeout=60, json={
+            "model": "tiny", "prompt": f"The {w} is", "stream": False, "options": {"num_predict": 4}}).json()["response"]
+            for w in ("cat", "dog", "sun")]
+    finally:
+        p.kill()
+        p.wait()
     got = log.find(limit=3)[::-1]
     assert log.count() == before + 3 and [e.output for e in got] == answers
