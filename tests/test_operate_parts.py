@@ -38,8 +38,8 @@ def _variants():
     for name in Options.__dataclass_fields__:
         v = copy.deepcopy(BASE)
         default = getattr(Options(), name)
-        if isinstance(default, tuple):  # list parameters: stop, guard
-            v["options"][name] = {"stop": ["stop!"], "guard": ["pii"]}[name]
+        if isinstance(default, tuple):  # list parameters: stop, guard, rag
+            v["options"][name] = {"stop": ["stop!"], "guard": ["pii"], "rag": ["glass"]}[name]
         else:
             v["options"][name] = default + 1 if not isinstance(default, float) else abs(default - 0.05)
         if name == "temperature":
