@@ -2,9 +2,9 @@
 
 The pooling is the project's one home for it (``models/pooling.py``), read from the model's
 sentence-transformers files, so MiniLM's vectors match ``SentenceTransformer.encode`` to 1e-5
-(``tests/test_rag.py`` checks it). Like sentence-transformers, texts are sorted by length before
-batching so a batch pads to similar lengths, and truncated to the model's window (MiniLM: 256
-word pieces; ``sentence_bert_config.json``).
+(``tests/test_rag.py`` checks it). Texts are tokenized once, truncated to the model's window
+(MiniLM: 256 word pieces; ``sentence_bert_config.json``), and batched in order of token count
+(sentence-transformers orders by characters), so a batch pads to similar lengths.
 """
 
 from __future__ import annotations
@@ -64,15 +64,18 @@ class Encoder:
         out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
         if not len(texts):
             return out
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # as sentence-transformers
+        # Tokenized once, then batched by token count (sentence-transformers sorts by characters):
+        # a batch pads to the length of its longest text, so rows of equal token count pad least
+        toks = self.tokenizer(list(texts), truncation=True, max_length=self.info.window)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in toks]
+        order = sorted(range(len(texts)), key=lambda i: -len(toks["input_ids"][i]))
         tm = self.torch_model
         dev = next(tm.parameters()).device
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.info.window, return_tensors="pt")
-            enc = {k: v.to(dev) for k, v in enc.items() if k in ("input_ids", "attention_mask",
-                                                                  "token_type_ids")}
+            enc = self.tokenizer.pad({k: [toks[k][i] for i in idx] for k in keys},
+                                     return_tensors="pt")
+            enc = {k: v.to(dev) for k, v in enc.items()}
             if self.model.info.kind == "encoder-only":
                 hidden = tm(**enc).last_hidden_state
             else:
