@@ -172,10 +172,10 @@ def bench_quality(args) -> None:
                 s = E.Setting("glass", args.k, not args.vector_only, model="smollm2",
                               retrieval=retrieval)
                 t = time.perf_counter()
-                r = E.run(s, ans + una, reg, models, encoder=enc, num_predict=40)
+                r = E.run(s, ans + una, reg, models, encoder=enc, num_predict=args.num_predict)
                 m = r.metrics
                 cp = m.get("cite_precision")
-                print(f"{s.label}: correct {m['correct']:.3f}, ROUGE-L {m['rouge_l']:.3f}, "
+                print(f"{s.label} (greedy, num_predict {args.num_predict}): correct {m['correct']:.3f}, ROUGE-L {m['rouge_l']:.3f}, "
                       f"citation precision {cp if cp is None else round(cp, 3)}, "
                       f"IDK on unanswerable {m['idk_unanswerable']:.3f}, on answerable "
                       f"{m['idk_answerable']:.3f} ({len(ans)} answerable + {len(una)} unanswerable; "
@@ -201,6 +201,7 @@ def main() -> None:
     s = sub.add_parser("quality")
     s.add_argument("--answers", type=int, default=0, help="answer this many questions with smollm2")
     s.add_argument("--k", type=int, default=4)
+    s.add_argument("--num-predict", type=int, default=32, help="answer length bound (tokens)")
     s.add_argument("--vector-only", action="store_true", help="no BM25 fusion (default: hybrid)")
     s.set_defaults(func=bench_quality)
     args = p.parse_args()
