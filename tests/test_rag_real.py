@@ -38,11 +38,12 @@ def shipped(real_registry, tmp_path_factory):
 # workshop use?" block [1] is "Its glass is melted in a coal-fired bottle kiln." and smollm2
 # (135M) answers "a glass-making process called a kiln" with every prompt tried (docs/rag.md
 # records the failure and the measurements). The earlier hand-picked founder and colour
-# questions (Brisko, Emberly) are still answered correctly; they are no longer tested here.
+# questions (Brisko, Emberly) stay in the test too.
 ANSWERABLE = [q.question for q in QUESTIONS.values() if q.answerable]
 
 
-@pytest.mark.parametrize("question", ANSWERABLE[:3])
+@pytest.mark.parametrize("question", ANSWERABLE[:3] + ["Who founded the Brisko workshop?",
+                                                       "What colour of lantern glass is the Emberly workshop known for?"])
 def test_smollm2_answers_with_correct_citations(shipped, smollm2, question):
     reg, enc = shipped
     q = QUESTIONS[question]
