@@ -71,6 +71,23 @@ def test_batched_decode_equals_each_alone(pair):
     assert together == alone
 
 
+def test_fill_many_packs_prompts_and_equals_each_alone(pair):
+    """The server's batched prefill: several prompts (one of them continued from an earlier
+    chunk) go through one pass, and their last ids then through one batched decode step; the
+    logits equal transformers' for each prompt alone."""
+    model, _ = pair
+    fast = _fast(model)
+    prompts = [_ids(n, seed=n) for n in (3, 17, 9, 30)]
+    for s in range(4):
+        fast._ids[s] = []
+    fast.fill_many([(3, prompts[3][:10], 0), (0, prompts[0][:-1], 0)])
+    fast.fill_many([(3, prompts[3][:-1], 10), (1, prompts[1][:-1], 0), (2, prompts[2][:-1], 0)])
+    got = fast.decode([2, 0, 3, 1], [prompts[s][-1] for s in (2, 0, 3, 1)])
+    with torch.no_grad():
+        ref = torch.stack([model(torch.tensor([prompts[s]])).logits[0, -1] for s in (2, 0, 3, 1)])
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
 def test_prefix_reuse_copies_the_cache_and_gives_the_same_logits(pair):
     model, _ = pair
     fast = _fast(model, slots=2)

@@ -82,3 +82,28 @@ def test_packed_bf16_is_close_to_the_exact_float32_reference(smollm2):
     kl = float((p.exp() * (p - q)).sum(-1).mean())
     top1 = float((ref.argmax(-1) == ours.argmax(-1)).float().mean())
     assert kl < 0.0015 and top1 > 0.96, f"mean KL {kl:.5f}, top-1 {top1:.3f}"
+
+
+def test_served_prefill_is_batch_invariant(real_registry):
+    """With the server's dense prefill weights (``prepare_serving``), prompts filled together
+    leave the very same cache bits as each filled alone, and their first logits are equal: so a
+    greedy answer does not depend on what else the server was prefilling (a plain GEMM over all
+    rows picks its summation order by the row count and changed these caches)."""
+    import oficina
+
+    model = oficina.load("smollm2", registry=real_registry)
+    model.max_batch = 4
+    runner = model.runner
+    assert runner.prepare_serving() > 0
+    prompts = [model.encode(q) for q in ("Tell me about the ocean.", "Why is the sky blue? " * 20,
+                                         "Write a short poem about bread.", "How do plants grow?")]
+    for s, p in enumerate(prompts):
+        runner._ids[s] = []
+        runner.fill_many([(s, p[:-1], 0)])
+    first = runner.decode([0, 1, 2, 3], [p[-1] for p in prompts])
+    alone = [t.clone() for t in runner.dec.k + runner.dec.v]
+    for s in range(4):
+        runner._ids[s] = []
+    runner.fill_many([(s, p[:-1], 0) for s, p in enumerate(prompts)])      # 2 blocks of rows
+    assert torch.equal(runner.decode([0, 1, 2, 3], [p[-1] for p in prompts]), first)
+    assert all(torch.equal(a, b) for a, b in zip(alone, runner.dec.k + runner.dec.v))

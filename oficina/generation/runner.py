@@ -85,6 +85,18 @@ class Runner(ABC):
         output layer override this."""
         self.prefill(slot, ids, start)
 
+    def fill_many(self, parts: Sequence[tuple[int, Sequence[int], int]]) -> None:
+        """``fill`` for several slots at once, each part ``(slot, ids, start)``: the server's
+        batched prefill of every prompt that arrived together. Runners that can run them in one
+        pass override this (``FastRunner``: one weight pass for all of them)."""
+        for slot, ids, start in parts:
+            self.fill(slot, ids, start)
+
+    def prepare_serving(self) -> int:
+        """Called once when a server starts driving this runner: set up what its batched
+        prefill wants; returns the bytes of memory that takes beyond the weights."""
+        return 0
+
     @abstractmethod
     def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> Tensor:
         """One step for B live sequences together: append ``tokens[i]`` to ``slots[i]`` and return

@@ -147,11 +147,12 @@ class Pool:
         reg = self.registry()
         t0 = time.perf_counter()
         model = load(entry.name, registry=reg)
-        scheduler = None
+        scheduler, extra = None, 0
         if model.info.kind == "decoder-only":
             runner = self.runner_factory(model, self.slots)
+            extra = runner.prepare_serving()
             scheduler = Scheduler(runner, self.max_queue, name=entry.name)
-        return Served(entry.name, entry.digest, model, resident_bytes(model),
+        return Served(entry.name, entry.digest, model, resident_bytes(model) + extra,
                       time.perf_counter() - t0, scheduler)
 
     async def _fit_budget(self, incoming: int, keep: str) -> None:

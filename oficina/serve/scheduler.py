@@ -9,10 +9,12 @@ running for a whole prefill. Each step the thread
    next step, so a disconnect never holds a slot longer than one step),
 2. admits every waiting request that finds a free slot (cheap: a slot and its cached prefix),
 3. samples one token for every sequence that has logits and hands the text to its request,
-4. prefills the oldest admitted prompts by up to ``prefill_chunks`` chunks (of
-   ``capabilities.chunk`` tokens) while others decode, or the oldest whole when nothing
-   decodes; a prompt whose last chunk is in gets its first logits, and
-5. runs one batched ``runner.decode`` for all sequences that go on.
+4. fills the admitted prompts, oldest first, up to a budget of ``prefill_tokens`` ids, all of
+   them in one pass over the weights (a burst of chat prompts is prefilled together, not one
+   after another; a long prompt goes in budget-sized chunks, so the running streams stall for
+   at most one budget), and
+5. runs one batched ``runner.decode`` for all sequences that go on and for every prompt whose
+   fill is complete (its last id: that step's logits are its first).
 
 Requests talk to the thread through a bounded queue (``submit`` raises ``Busy`` past it; the HTTP
 layer answers 503 + Retry-After) and get their pieces back on an ``asyncio.Queue`` through
@@ -33,9 +35,10 @@ from ..errors import OficinaError
 from ..generation.runner import Runner, SlotsFull
 from .sequence import Finished, Sequence
 
-# Prompt chunks prefilled per step while others decode: the knob between a new request's time
-# to first token (more) and the running streams' inter-token time (fewer).
-PREFILL_CHUNKS = 1
+# Prompt ids prefilled per step (Sarathi-Serve's token budget): the knob between a new request's
+# time to first token (more) and the running streams' inter-token time (fewer). 512 takes a burst
+# of eight chat prompts in one pass.
+PREFILL_TOKENS = 512
 
 
 class Busy(OficinaError):
@@ -83,10 +86,10 @@ class Scheduler:
     """Drives one runner. ``running`` and ``waiting`` are what /api/ps and the tests read."""
 
     def __init__(self, runner: Runner, max_queue: int = 64, name: str = "model", reuse_prefix: bool = True,
-                 prefill_chunks: int = PREFILL_CHUNKS):
+                 prefill_tokens: int = PREFILL_TOKENS):
         self.runner = runner
         self.max_queue = max_queue
-        self.prefill_chunks = max(1, prefill_chunks)
+        self.prefill_tokens = max(1, prefill_tokens)
         # A new request starts from the longest cached prefix of its prompt (a chat's earlier
         # turns, a shared system prompt); tests/test_serve_real.py repeats a greedy request to
         # check it answers as a fresh prefill does.
@@ -176,12 +179,21 @@ class Scheduler:
             else:
                 slots.append(slot)
                 tokens.append(result.token)
-        self._prefill(decoding=bool(slots))
-        if slots:
-            logits = self.runner.decode(slots, tokens)           # [B, V]
-            for i, slot in enumerate(slots):
-                self._live[slot][1].logits = logits[i]
-            self.steps += 1
+        ready = self._prefill()
+        starting = len(slots)
+        for slot in ready:                  # a filled prompt's last id rides in the decode step
+            slots.append(slot)
+            tokens.append(self._live[slot][1].prompt[-1])
+        if not slots:
+            return
+        logits = self.runner.decode(slots, tokens)               # [B, V]
+        for i, slot in enumerate(slots):
+            job, seq = self._live[slot]
+            if i < starting:
+                seq.logits = logits[i]
+            else:
+                seq.start(logits[i], job, self._reused.pop(slot))
+        self.steps += 1
         self.last_used = time.monotonic()
 
     def _admit(self) -> None:
@@ -208,32 +220,43 @@ class Scheduler:
             self._live[slot] = (job, seq)
             self._filled[slot] = self._reused[slot] = reused if self.reuse_prefix else 0
 
-    def _prefill(self, decoding: bool) -> None:
-        """Prefill the oldest admitted prompts: up to ``prefill_chunks`` chunks of
-        ``capabilities.chunk`` tokens while sequences decode (a step then costs at most a decode
-        and those chunks, so the streams' inter-token time stays bounded), the oldest prompt
-        whole when none does (nothing to stall). Chunk edges sit at multiples of the chunk
-        length (as the runner's own split), never where another prompt's chunk or a reused
-        prefix ended, so the cache a prompt gets (and the greedy answer, since attention over
-        chunks of other lengths rounds differently) does not depend on what else is running."""
-        for _ in range(self.prefill_chunks if decoding else 1):
-            if not self._filled:
-                return
-            slot, done = next(iter(self._filled.items()))
+    def _prefill(self) -> list[int]:
+        """Fill the admitted prompts, oldest first, up to ``prefill_tokens`` ids this step, all
+        in one ``runner.fill_many`` pass (the prompts of a burst share one pass over the
+        weights); returns the slots whose prompt is now cached but its last id, which then goes
+        through the step's decode with the running sequences (the same one-row step that
+        ``Runner.prefill`` ends with). A prompt cut by the budget stops at a multiple of
+        ``capabilities.chunk`` (as the runner's own split), never where another prompt ended."""
+        chunk = self.runner.capabilities.chunk
+        budget, parts, ready = self.prefill_tokens, [], []
+        for slot, done in list(self._filled.items()):
             job, seq = self._live[slot]
-            total = len(seq.prompt)
-            chunk = self.runner.capabilities.chunk   # edges at its multiples, as the runner's own
-            stop = min(total, (done // chunk + 1) * chunk) if decoding else total
-            try:
-                if stop < total:
-                    self.runner.fill(slot, seq.prompt[:stop], done)
-                    self._filled[slot] = stop
-                else:
-                    reused = self._reused.pop(slot)
-                    del self._filled[slot]
-                    seq.start(self.runner.prefill(slot, seq.prompt, done), job, reused)
-            except Exception as e:
-                self._finish(slot, job, Failed(e))
+            end = len(seq.prompt) - 1
+            if end < 0:
+                self._finish(slot, job, Failed(OficinaError("the prompt is empty: nothing to continue")))
+                continue
+            stop = min(end, done + budget)
+            if stop < end:
+                stop = stop // chunk * chunk
+                if stop <= done and not parts:    # a budget under one chunk: still a chunk a step
+                    stop = min(end, (done // chunk + 1) * chunk)
+            if stop > done:
+                parts.append((slot, seq.prompt[:stop], done))
+                budget -= stop - done
+                self._filled[slot] = stop
+            if stop == end:
+                ready.append(slot)
+            if budget <= 0:
+                break
+        try:
+            self.runner.fill_many(parts)
+        except Exception as e:      # a runner fault fails the prompts of that pass
+            for slot, _, _ in parts:
+                self._finish(slot, self._live[slot][0], Failed(e))
+        ready = [slot for slot in ready if slot in self._live]
+        for slot in ready:
+            del self._filled[slot]
+        return ready
 
     def _finish(self, slot: int, job: Job, item: Finished | Failed | None) -> None:
         self._live.pop(slot, None)
