@@ -50,7 +50,7 @@ class Capabilities:
     adapters: tuple[str, ...] = ()   # adapter methods it can apply (merged at load or live)
     weights: str = ""                # how the weights are held, e.g. "Q4_1 as int4 groups of 32"
     note: str | None = None          # why this runner was chosen (e.g. the fallback's reason)
-    chunk: int = 64                  # prompt tokens per step the server prefills while others decode
+    chunk: int = 64                  # where the server cuts a prompt longer than its prefill budget
 
 
 class Scores(NamedTuple):
