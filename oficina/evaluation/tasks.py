@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -92,7 +93,7 @@ class TaskSpec:
         return "sha256:" + hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
-class Kind:
+class Kind(ABC):
     """A task kind. Subclasses set the class attributes and implement ``load`` and ``run``."""
 
     name: ClassVar[str]
@@ -106,11 +107,11 @@ class Kind:
             return "a decoder-only (causal) language model"
         return None
 
-    def load(self, path: Path) -> list[Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, path: Path) -> list[Any]: ...
 
-    def run(self, model, items: list[Any], cfg: EvalConfig, label: str) -> TaskResult:
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, model, items: list[Any], cfg: EvalConfig, label: str) -> TaskResult: ...
 
 
 KINDS: dict[str, Kind] = {}

@@ -9,6 +9,7 @@ module only looks them up.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -68,7 +69,7 @@ def redact(text: str, spans: Sequence[Span]) -> str:
     return "".join(out)
 
 
-class Guard:
+class Guard(ABC):
     """What a guard does. ``check`` decides on a whole text; ``hold`` says, for a stream, from which
     index the text so far cannot be decided yet (more text could change the verdict on it).
 
@@ -82,8 +83,8 @@ class Guard:
     # the whole answer; a user's regex may span anything.
     lookback: int | None = None
 
-    def check(self, text: str, context: Mapping[str, Any] | None = None) -> Verdict:
-        raise NotImplementedError
+    @abstractmethod
+    def check(self, text: str, context: Mapping[str, Any] | None = None) -> Verdict: ...
 
     def hold(self, text: str) -> int:
         return sentence_hold(text)

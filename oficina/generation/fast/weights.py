@@ -27,6 +27,7 @@ loops) than with bf16 (measured, 1536x576, 1 thread: 4.5 ms vs 0.14 ms).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import numpy as np
@@ -43,17 +44,17 @@ INT8_DENSE_ROWS = 48
 PREFILL_ROWS = min(INT4_DENSE_ROWS, INT8_DENSE_ROWS)  # under this many rows every form runs its int kernel
 
 
-class Form:
+class Form(ABC):
     """One linear weight ``[N, K]`` held packed; ``x [M, K] -> [M, N]`` in x's dtype."""
 
     name: str
     shape: tuple[int, int]
 
-    def __call__(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, x: Tensor) -> Tensor: ...
 
-    def tensors(self) -> dict[str, Tensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def tensors(self) -> dict[str, Tensor]: ...
 
     @property
     def nbytes(self) -> int:
