@@ -29,13 +29,17 @@ def cpu_has_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+def memory() -> int:
+    """The machine's physical memory in bytes (8 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
 def dense_prefill_budget() -> int:
     """At most 1 GiB and an eighth of the machine's memory."""
-    try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        ram = 8 << 30
-    return min(1 << 30, ram // 8)
+    return min(1 << 30, memory() // 8)
 
 
 def weights_summary(dec: Decoder) -> str:
@@ -124,17 +128,18 @@ class FastRunner(Runner):
             self._ids[slot].extend(new)
 
     def prepare_serving(self) -> int:
-        """What a server wants that a one-shot ``run`` does not: the KV cache of every slot
-        written once up front (as llama.cpp's server clears its cache at start), so a burst of
+        """What a server wants that a one-shot ``run`` does not (returns the bytes it holds, the
+        whole KV cache counted): the KV cache of every slot written once up front when it takes
+        at most a quarter of the memory (as llama.cpp's server clears its cache), so a burst of
         new requests does not pay the first touch of its pages (on a VM each new page is a
         fault to the host: measured up to 0.4 ms, ~0.5 s for a fresh slot's first prompt);
         and a dequantized copy of the layer weights for ``fill_many`` when it fits
         ``dense_prefill_budget()`` (SmolLM2-135M: ~200 MB): the server's prefill then runs one
         GEMM path for any number of prompts (batch-invariant, no dequantize per pass)."""
-        cache = 0
-        for t in self.dec.k + self.dec.v:
-            t.zero_()
-            cache += t.numel() * t.element_size()
+        cache = sum(t.numel() * t.element_size() for t in self.dec.k + self.dec.v)
+        if cache <= memory() // 4:   # a huge num_ctx x slots stays lazy: pages as sequences grow
+            for t in self.dec.k + self.dec.v:
+                t.zero_()
         return cache + self.dec.keep_dense(dense_prefill_budget())
 
     def _check(self, slot: int, ids: list[int], start: int) -> None:
