@@ -79,18 +79,13 @@ class Runner(ABC):
         """Append ``ids[start:]`` to the slot's cache (which holds ``ids[:start]``) and return the
         float32 logits ``[V]`` after the last id. Long prompts run in chunks of ``num_batch``."""
 
-    def fill(self, slot: int, ids: Sequence[int], start: int) -> None:
-        """Append ``ids[start:]`` to the slot's cache without logits: a chunk of a prompt whose
-        end comes in a later call (the server's chunked prefill). Runners that can skip the
-        output layer override this."""
-        self.prefill(slot, ids, start)
-
     def fill_many(self, parts: Sequence[tuple[int, Sequence[int], int]]) -> None:
-        """``fill`` for several slots at once, each part ``(slot, ids, start)``: the server's
-        batched prefill of every prompt that arrived together. Runners that can run them in one
-        pass override this (``FastRunner``: one weight pass for all of them)."""
+        """Append each part's ``ids[start:]`` to its slot's cache ``(slot, ids, start)``, no
+        logits wanted: the server's batched prefill of every prompt that arrived together (the
+        last id of a prompt then goes through ``decode``). This default prefills them one by one;
+        runners that can run them in one pass override it (``FastRunner``: one weight pass)."""
         for slot, ids, start in parts:
-            self.fill(slot, ids, start)
+            self.prefill(slot, ids, start)
 
     def prepare_serving(self) -> int:
         """Called once when a server starts driving this runner: set up what its batched

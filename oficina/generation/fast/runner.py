@@ -109,11 +109,6 @@ class FastRunner(Runner):
         self._ids[slot].append(ids[-1])
         return logits
 
-    def fill(self, slot: int, ids: Sequence[int], start: int) -> None:
-        ids = [int(i) for i in ids]
-        self._check(slot, ids, start)
-        self._fill(slot, ids, start, len(ids))
-
     def fill_many(self, parts: Sequence[tuple[int, Sequence[int], int]]) -> None:
         """Every part's ``ids[start:]`` in one ``Decoder.fill`` pass (the rows of all prompts
         go through each weight together; the forms pick their kernel by that total)."""
